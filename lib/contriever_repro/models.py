@@ -1,0 +1,131 @@
+"""A retrieval model is more than a name: every setting that changes its numbers.
+
+`ModelSpec` carries the source (hub id or local folder), pooling, normalisation,
+score function, maximum lengths, casing and text normalisation. The defaults are
+Contriever's: mean pooling over all non-padding tokens ([CLS] and [SEP] included),
+no L2 normalisation, dot product, 512 tokens, "title text" passages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+POOLINGS = ("mean", "cls")
+SCORE_FUNCTIONS = ("dot", "cos_sim")
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: str
+    pooling: str = "mean"
+    normalize: bool = False
+    score_function: str = "dot"
+    max_query_length: int = 512
+    max_passage_length: int = 512
+    lowercase: bool = False
+    normalize_text: bool = False
+    use_title: bool = True
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    dtype: str = "fp32"
+    batch_size: int = 128
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        where = f"model '{self.name}'"
+        if self.pooling not in POOLINGS:
+            raise InputError(f"{where}: pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.score_function not in SCORE_FUNCTIONS:
+            raise InputError(
+                f"{where}: score_function must be one of {SCORE_FUNCTIONS}, "
+                f"got {self.score_function!r}"
+            )
+        if self.dtype not in DTYPES:
+            raise InputError(f"{where}: dtype must be one of {DTYPES}, got {self.dtype!r}")
+        for key in ("max_query_length", "max_passage_length", "batch_size"):
+            if int(getattr(self, key)) <= 0:
+                raise InputError(f"{where}: {key} must be positive")
+
+    @property
+    def l2_normalize(self) -> bool:
+        """cos_sim is a dot product between unit vectors, so normalise once at encoding."""
+        return self.normalize or self.score_function == "cos_sim"
+
+    @classmethod
+    def from_config(cls, name: str, cfg: dict[str, Any], source: str | None = None) -> ModelSpec:
+        """Build from a config entry; unknown keys are an error so typos never go unnoticed."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"name", "extra"}
+        workflow_keys = {"type", "run", "description", "paper", "bm25"}
+        unknown = set(cfg) - known - workflow_keys
+        if unknown:
+            raise InputError(f"models.{name}: unknown key(s) {sorted(unknown)}")
+        values = {k: v for k, v in cfg.items() if k in known}
+        if source is not None:
+            values["source"] = source
+        if "source" not in values:
+            raise InputError(f"models.{name}: no 'source' (hub id or local folder)")
+        return cls(name=name, **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def load_encoder(spec: ModelSpec, device: str | torch.device = "cpu"):
+    """Load tokenizer and encoder with `AutoModel`; fail with a message naming the model.
+
+    The weights stay fp32: reduced precision is applied with autocast at encoding time,
+    which keeps accumulations in fp32 where it matters.
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    source = spec.source
+    is_local = Path(source).exists()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModel.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        hint = (
+            "the local folder has no loadable Hugging Face model"
+            if is_local
+            else "it is neither a local folder nor a model id reachable on the Hugging Face hub "
+            "(offline? set HF_HOME to a cache that holds it, or point source at a local copy)"
+        )
+        raise InputError(f"model '{spec.name}': cannot load {source!r}: {hint}. ({err})") from err
+    if hasattr(model, "pooler") and model.pooler is not None:
+        # Contriever checkpoints carry no pooler; an untrained one would only waste time.
+        model.pooler = None
+    model.eval()
+    model.to(device)
+    return tokenizer, model
+
+
+def pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor, method: str) -> torch.Tensor:
+    """Sentence embedding from token states.
+
+    mean: average over positions with attention_mask == 1, special tokens included,
+    exactly as Contriever; cls: the first token's state.
+    """
+    if method == "cls":
+        return last_hidden[:, 0]
+    if method == "mean":
+        mask = attention_mask.unsqueeze(-1).to(last_hidden.dtype)
+        summed = (last_hidden * mask).sum(dim=1)
+        counts = mask.sum(dim=1).clamp(min=1.0)
+        return summed / counts
+    raise InputError(f"unknown pooling {method!r}; expected one of {POOLINGS}")

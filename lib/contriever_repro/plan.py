@@ -1,0 +1,114 @@
+"""Turn the experiment config into the concrete jobs the Snakefile expands.
+
+Keeping this out of the .smk files makes the mapping from a table cell to the runs
+behind it testable: a table names models and data sets; a data set expands into one
+or more evaluation units (CQADupStack into its 12 sub-forums); a model is dense
+(encode + FAISS) or BM25; a dense model's weights come from the hub, a local folder,
+or a model folder built by this workflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+WORKFLOW_PREFIX = "workflow:"
+SUBSET_SEP = "--"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One evaluated collection: a data set, or one sub-forum of a grouped data set."""
+
+    name: str
+    dataset: str
+    subset: str | None
+    split: str
+    source: str  # "beir" (download), "local" (folder) or "demo" (generated)
+    path: str | None  # local folder, for source == "local"
+    shards: int
+
+
+def dataset_units(config: dict, catalog: dict) -> dict[str, list[Unit]]:
+    """Every configured data set with its evaluation units, in config order."""
+    out: dict[str, list[Unit]] = {}
+    beir = catalog.get("datasets", {})
+    for name, cfg in (config.get("datasets") or {}).items():
+        cfg = cfg or {}
+        source = cfg.get("source", "beir")
+        entry = beir.get(cfg.get("catalog", name), {}) if source == "beir" else {}
+        if source == "beir":
+            if cfg.get("catalog", name) not in beir:
+                raise InputError(f"datasets.{name}: not in the BEIR catalog; set source: local")
+            if entry.get("public", True) is False:
+                raise InputError(
+                    f"datasets.{name}: not freely downloadable; build it and use "
+                    "source: local with path: <BEIR folder>"
+                )
+        if source == "local" and not cfg.get("path"):
+            raise InputError(f"datasets.{name}: source local needs a path")
+        split = cfg.get("split", entry.get("split", "test"))
+        subsets = cfg.get("subsets", entry.get("subsets"))
+        shards = int(cfg.get("shards", 1))
+        if subsets:
+            out[name] = [
+                Unit(f"{name}{SUBSET_SEP}{s}", name, s, split, source, cfg.get("path"), shards)
+                for s in subsets
+            ]
+        else:
+            out[name] = [Unit(name, name, None, split, source, cfg.get("path"), shards)]
+    return out
+
+
+def all_units(config: dict, catalog: dict) -> dict[str, Unit]:
+    return {u.name: u for units in dataset_units(config, catalog).values() for u in units}
+
+
+def model_kind(config: dict, model: str) -> str:
+    models = config.get("models") or {}
+    if model not in models:
+        raise InputError(f"models.{model}: not defined in the config (known: {sorted(models)})")
+    return (models[model] or {}).get("type", "dense")
+
+
+def workflow_model_name(source: str) -> str | None:
+    """`workflow:<name>` names a model folder that a rule of this workflow builds."""
+    return source[len(WORKFLOW_PREFIX) :] if source.startswith(WORKFLOW_PREFIX) else None
+
+
+def table_cells(table: dict) -> list[tuple[str, str]]:
+    """(model, dataset) pairs whose metrics a table or figure needs computed."""
+    pairs = []
+    for col in table.get("columns", []):
+        if col.get("model"):
+            pairs.extend((col["model"], ds) for ds in table.get("datasets", []))
+    return pairs
+
+
+def stable_hash(obj: Any) -> str:
+    """Short hash of a JSON-able object; it changes exactly when the object changes."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def code_version(repo: str | Path = ".") -> str:
+    """`git describe` of the checkout (with -dirty), or the package version outside git."""
+    from . import __version__
+
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--tags"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip() or __version__
+    except (OSError, subprocess.CalledProcessError):
+        return __version__

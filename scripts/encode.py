@@ -1,0 +1,69 @@
+"""Encode one corpus shard or a query set with a dense model (rule encode_corpus/queries)."""
+
+import argparse
+import json
+
+import torch
+
+from contriever_repro import encode as enc
+from contriever_repro.cli import run_main, set_threads
+from contriever_repro.io import read_table
+from contriever_repro.models import ModelSpec, load_encoder
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("side", choices=["corpus", "queries"])
+    ap.add_argument("--spec", required=True, help="model spec as JSON (config.models entry)")
+    ap.add_argument("--source", default="", help="override the spec's source (built model)")
+    ap.add_argument("--input", required=True, help="corpus or queries parquet")
+    ap.add_argument("--shard", type=int, default=0)
+    ap.add_argument("--num-shards", type=int, default=1)
+    ap.add_argument("--out-prefix", required=True)
+    ap.add_argument("--resume-dir", default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    set_threads(args.threads)
+
+    cfg = json.loads(args.spec)
+    spec = ModelSpec.from_config(cfg.pop("name"), cfg, source=args.source or None)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer, model = load_encoder(spec, device)
+
+    if args.side == "corpus":
+        table = read_table(args.input, "corpus")
+        start, end = enc.shard_bounds(len(table), args.num_shards, args.shard)
+        table = table.iloc[start:end]
+        texts, ids = enc.passage_texts(table, spec), table["doc_id"].tolist()
+        max_length, side = spec.max_passage_length, "passage"
+    else:
+        table = read_table(args.input, "queries")
+        texts, ids = enc.query_texts(table, spec), table["query_id"].tolist()
+        max_length, side = spec.max_query_length, "query"
+
+    emb = enc.encode_texts(
+        texts,
+        tokenizer,
+        model,
+        max_length=max_length,
+        batch_size=spec.batch_size,
+        pooling=spec.pooling,
+        l2_normalize=spec.l2_normalize,
+        dtype=spec.dtype,
+        what=f"encode {args.side} {args.shard}/{args.num_shards}",
+        resume_dir=args.resume_dir,
+    )
+    meta = enc.embedding_meta(spec, side)
+    meta.update(shard=args.shard, num_shards=args.num_shards, device=device)
+    enc.save_embeddings(args.out_prefix, ids, emb, meta)
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        print(f"peak GPU memory {peak:.2f} GiB", flush=True)
+    if args.resume_dir:
+        import shutil
+
+        shutil.rmtree(args.resume_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,53 @@
+"""Exact inner-product search of query embeddings over corpus shards (rule search)."""
+
+import argparse
+import logging
+
+from contriever_repro.cli import run_main, set_threads
+from contriever_repro.encode import load_embeddings
+from contriever_repro.errors import InputError
+from contriever_repro.io import write_table
+from contriever_repro.search import exact_search, write_trec
+
+log = logging.getLogger("search")
+
+MUST_MATCH = ("model", "pooling", "l2_normalize", "score_function")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--queries", required=True, help="query embedding prefix")
+    ap.add_argument("--shard", action="append", required=True, help="corpus shard prefix")
+    ap.add_argument("--top-k", type=int, default=1000)
+    ap.add_argument("--drop-identical-ids", dest="drop", action="store_true", default=True)
+    ap.add_argument("--keep-identical-ids", dest="drop", action="store_false")
+    ap.add_argument("--tag", default="run")
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--trec", required=True)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    set_threads(args.threads)
+
+    qids, qemb, qmeta = load_embeddings(args.queries, mmap=False)
+
+    def shards():
+        for prefix in args.shard:
+            ids, emb, meta = load_embeddings(prefix)
+            for key in MUST_MATCH:
+                if meta.get(key) != qmeta.get(key):
+                    raise InputError(
+                        f"corpus shard has {key}={meta.get(key)!r} but queries have "
+                        f"{qmeta.get(key)!r}; re-encode with one model spec",
+                        prefix,
+                    )
+            log.info("searching shard %s (%d docs)", prefix, len(ids))
+            yield ids, emb
+
+    run = exact_search(qids, qemb, shards(), top_k=args.top_k, drop_identical_ids=args.drop)
+    log.info("run: %d queries, %d hits", run["query_id"].nunique(), len(run))
+    write_table(run, args.run, "run")
+    write_trec(run, args.trec, args.tag)
+
+
+if __name__ == "__main__":
+    run_main(main)

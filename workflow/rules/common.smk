@@ -1,0 +1,111 @@
+# Helpers shared by the rules: they only look up config and paths; the logic behind
+# them (units, model kinds, table requirements) lives in lib/contriever_repro/plan.py.
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(workflow.basedir) / "lib"))
+
+from contriever_repro import plan  # noqa: E402
+
+WORK = config["work_dir"]
+RESULTS = config["results_dir"]
+PY = sys.executable
+SCRIPTS = str(Path(workflow.basedir) / "scripts")
+
+with open(config["beir_catalog"]) as fh:
+    BEIR_CATALOG = yaml.safe_load(fh)
+
+DATASET_UNITS = plan.dataset_units(config, BEIR_CATALOG)
+UNITS = {u.name: u for units in DATASET_UNITS.values() for u in units}
+
+
+wildcard_constraints:
+    unit=r"[A-Za-z0-9_.\-]+",
+    dataset=r"[A-Za-z0-9_.\-]+",
+    model=r"[A-Za-z0-9_.\-]+",
+    shard=r"\d+",
+    n=r"\d+",
+    table=r"table\d+[a-z]?",
+    figure=r"figure\d+[a-z]?",
+
+
+def res(rule_name, key):
+    """Resource `key` of a rule from config.resources (default block as fallback)."""
+    table = config.get("resources", {})
+    return table.get(rule_name, {}).get(key, table.get("default", {}).get(key, 0))
+
+
+def rule_resources(rule_name):
+    return {
+        key: res(rule_name, key) for key in ("gpu", "cpus_per_task", "mem_mb", "runtime")
+    }
+
+
+def model_cfg(model):
+    plan.model_kind(config, model)  # raises a clear error for an unknown model
+    return config["models"][model]
+
+
+def model_spec_json(model):
+    cfg = dict(model_cfg(model))
+    return json.dumps({"name": model, **cfg}, sort_keys=True)
+
+
+def model_folder(model):
+    """Local folder of a model built by this workflow, or [] for hub/local models."""
+    built = plan.workflow_model_name(model_cfg(model).get("source", ""))
+    return [f"{WORK}/models/{built}"] if built else []
+
+
+def source_arg(model):
+    """`--source <folder>` for a model built by this workflow, else nothing."""
+    folder = model_folder(model)
+    return f"--source {shlex.quote(folder[0])}" if folder else ""
+
+
+def unit_tables(unit):
+    base = f"{WORK}/data/{unit}"
+    return {
+        "corpus": f"{base}/corpus.parquet",
+        "queries": f"{base}/queries.parquet",
+        "qrels": f"{base}/qrels.parquet",
+    }
+
+
+def corpus_shards(model, unit):
+    n = UNITS[unit].shards
+    return [f"{WORK}/embeddings/{model}/{unit}/corpus.{i}-of-{n}.npy" for i in range(n)]
+
+
+def run_path(model, unit):
+    kind = plan.model_kind(config, model)
+    return f"{WORK}/runs/{kind}/{model}/{unit}.parquet"
+
+
+def dataset_metrics(model, dataset):
+    return f"{WORK}/metrics/{model}/datasets/{dataset}.parquet"
+
+
+def spec_hash(*keys):
+    """Hash of the config parts a job depends on (recorded in every result row)."""
+    return plan.stable_hash([config.get(k) for k in keys])
+
+
+def table_inputs(kind, name):
+    spec = config[kind][name]
+    pairs = sorted(set(plan.table_cells(spec)))
+    return [dataset_metrics(m, d) for m, d in pairs]
+
+
+def all_targets():
+    out = []
+    for name in config.get("tables", {}):
+        out += [f"{RESULTS}/{name}.csv", f"{RESULTS}/{name}.parquet", f"{RESULTS}/{name}.md"]
+    for name in config.get("figures", {}):
+        out.append(f"{RESULTS}/{name}.png")
+    return out

@@ -1,0 +1,47 @@
+# Scoring: per-unit metrics exactly as the beir package computes them, then the
+# data-set level (CQADupStack = mean over its sub-forums).
+
+
+rule evaluate:
+    input:
+        run=lambda wc: run_path(wc.model, wc.unit),
+        qrels=lambda wc: unit_tables(wc.unit)["qrels"],
+    output:
+        metrics=f"{WORK}/metrics/{{model}}/units/{{unit}}.parquet",
+        per_query=f"{WORK}/metrics/{{model}}/units/{{unit}}.per_query.parquet",
+    params:
+        k_values=" ".join(str(k) for k in config["evaluation"]["k_values"]),
+        dataset=lambda wc: UNITS[wc.unit].dataset,
+        split=lambda wc: UNITS[wc.unit].split,
+        config_hash=lambda wc: plan.stable_hash(
+            [config["models"][wc.model], config["datasets"][UNITS[wc.unit].dataset],
+             config["evaluation"]]
+        ),
+        identical=lambda wc: (
+            "--drop-identical-ids"
+            if config["evaluation"]["ignore_identical_ids"]
+            else "--keep-identical-ids"
+        ),
+    log:
+        f"{WORK}/logs/evaluate/{{model}}/{{unit}}.log",
+    shell:
+        "{PY} {SCRIPTS}/evaluate.py --run {input.run:q} --qrels {input.qrels:q} "
+        "--model {wildcards.model} --dataset {params.dataset} --unit {wildcards.unit} "
+        "--split {params.split} --k-values {params.k_values} {params.identical} "
+        "--config-hash {params.config_hash} --out {output.metrics:q} "
+        "--per-query {output.per_query:q} 2> {log:q}"
+
+
+rule dataset_metrics:
+    input:
+        lambda wc: [
+            f"{WORK}/metrics/{wc.model}/units/{u.name}.parquet"
+            for u in DATASET_UNITS[wc.dataset]
+        ],
+    output:
+        f"{WORK}/metrics/{{model}}/datasets/{{dataset}}.parquet",
+    log:
+        f"{WORK}/logs/dataset_metrics/{{model}}/{{dataset}}.log",
+    shell:
+        "{PY} {SCRIPTS}/dataset_metrics.py --dataset {wildcards.dataset} "
+        "--units {input:q} --out {output:q} 2> {log:q}"

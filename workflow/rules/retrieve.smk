@@ -1,0 +1,105 @@
+# Dense retrieval: encode corpus shards and queries, exact FAISS search; BM25 baseline.
+
+
+rule encode_corpus:
+    input:
+        corpus=lambda wc: unit_tables(wc.unit)["corpus"],
+        model=lambda wc: model_folder(wc.model),
+    output:
+        emb=f"{WORK}/embeddings/{{model}}/{{unit}}/corpus.{{shard}}-of-{{n}}.npy",
+        ids=f"{WORK}/embeddings/{{model}}/{{unit}}/corpus.{{shard}}-of-{{n}}.ids.parquet",
+        meta=f"{WORK}/embeddings/{{model}}/{{unit}}/corpus.{{shard}}-of-{{n}}.json",
+    params:
+        spec=lambda wc: model_spec_json(wc.model),
+        source=lambda wc: source_arg(wc.model),
+        prefix=lambda wc, output: output.emb[: -len(".npy")],
+        resume=lambda wc, output: output.emb[: -len(".npy")] + ".partial",
+    log:
+        f"{WORK}/logs/encode_corpus/{{model}}/{{unit}}.{{shard}}-of-{{n}}.log",
+    threads: res("encode_corpus", "cpus_per_task")
+    resources:
+        **rule_resources("encode_corpus"),
+    shell:
+        "{PY} {SCRIPTS}/encode.py corpus --spec {params.spec:q} {params.source} "
+        "--input {input.corpus:q} --shard {wildcards.shard} --num-shards {wildcards.n} "
+        "--out-prefix {params.prefix:q} --resume-dir {params.resume:q} "
+        "--threads {threads} 2> {log:q}"
+
+
+rule encode_queries:
+    input:
+        queries=lambda wc: unit_tables(wc.unit)["queries"],
+        model=lambda wc: model_folder(wc.model),
+    output:
+        emb=f"{WORK}/embeddings/{{model}}/{{unit}}/queries.npy",
+        ids=f"{WORK}/embeddings/{{model}}/{{unit}}/queries.ids.parquet",
+        meta=f"{WORK}/embeddings/{{model}}/{{unit}}/queries.json",
+    params:
+        spec=lambda wc: model_spec_json(wc.model),
+        source=lambda wc: source_arg(wc.model),
+        prefix=lambda wc, output: output.emb[: -len(".npy")],
+    log:
+        f"{WORK}/logs/encode_queries/{{model}}/{{unit}}.log",
+    threads: res("encode_queries", "cpus_per_task")
+    resources:
+        **rule_resources("encode_queries"),
+    shell:
+        "{PY} {SCRIPTS}/encode.py queries --spec {params.spec:q} {params.source} "
+        "--input {input.queries:q} --out-prefix {params.prefix:q} --threads {threads} "
+        "2> {log:q}"
+
+
+rule search:
+    input:
+        queries=f"{WORK}/embeddings/{{model}}/{{unit}}/queries.npy",
+        shards=lambda wc: corpus_shards(wc.model, wc.unit),
+    output:
+        run=f"{WORK}/runs/dense/{{model}}/{{unit}}.parquet",
+        trec=f"{WORK}/runs/dense/{{model}}/{{unit}}.trec",
+    params:
+        top_k=config["evaluation"]["top_k"],
+        identical=lambda wc: (
+            "--drop-identical-ids"
+            if config["evaluation"]["ignore_identical_ids"]
+            else "--keep-identical-ids"
+        ),
+        shard_args=lambda wc, input: " ".join(
+            f"--shard {s[: -len('.npy')]}" for s in input.shards
+        ),
+        queries=lambda wc, input: input.queries[: -len(".npy")],
+    log:
+        f"{WORK}/logs/search/{{model}}/{{unit}}.log",
+    threads: res("search", "cpus_per_task")
+    resources:
+        **rule_resources("search"),
+    shell:
+        "{PY} {SCRIPTS}/search.py --queries {params.queries:q} {params.shard_args} "
+        "--top-k {params.top_k} {params.identical} --tag {wildcards.model} "
+        "--run {output.run:q} --trec {output.trec:q} --threads {threads} 2> {log:q}"
+
+
+rule bm25:
+    input:
+        corpus=lambda wc: unit_tables(wc.unit)["corpus"],
+        queries=lambda wc: unit_tables(wc.unit)["queries"],
+    output:
+        run=f"{WORK}/runs/bm25/{{model}}/{{unit}}.parquet",
+        trec=f"{WORK}/runs/bm25/{{model}}/{{unit}}.trec",
+    params:
+        spec=lambda wc: json.dumps(model_cfg(wc.model), sort_keys=True),
+        top_k=config["evaluation"]["top_k"],
+        identical=lambda wc: (
+            "--drop-identical-ids"
+            if config["evaluation"]["ignore_identical_ids"]
+            else "--keep-identical-ids"
+        ),
+    log:
+        f"{WORK}/logs/bm25/{{model}}/{{unit}}.log",
+    threads: res("bm25", "cpus_per_task")
+    resources:
+        **rule_resources("bm25"),
+    shell:
+        "{PY} {SCRIPTS}/bm25.py --spec {params.spec:q} --corpus {input.corpus:q} "
+        "--queries {input.queries:q} --top-k {params.top_k} {params.identical} "
+        "--tag {wildcards.model} --run {output.run:q} --trec {output.trec:q} "
+        "--threads {threads} 2> {log:q}"

@@ -1,0 +1,38 @@
+# Paper-shaped tables and figures from the data-set level metrics and the paper's
+# quoted numbers (config.paper_results).
+
+
+rule table:
+    input:
+        metrics=lambda wc: table_inputs("tables", wc.table),
+        paper=config["paper_results"],
+    output:
+        csv=f"{RESULTS}/{{table}}.csv",
+        parquet=f"{RESULTS}/{{table}}.parquet",
+        md=f"{RESULTS}/{{table}}.md",
+    params:
+        spec=lambda wc: json.dumps(config["tables"][wc.table], sort_keys=True),
+        label=config.get("label", ""),
+    log:
+        f"{WORK}/logs/table/{{table}}.log",
+    shell:
+        "{PY} {SCRIPTS}/make_table.py --name {wildcards.table} --spec {params.spec:q} "
+        "--paper {input.paper:q} --label {params.label:q} --metrics {input.metrics:q} "
+        "--csv {output.csv:q} --parquet {output.parquet:q} --md {output.md:q} 2> {log:q}"
+
+
+rule figure:
+    input:
+        metrics=lambda wc: table_inputs("figures", wc.figure),
+        paper=config["paper_results"],
+    output:
+        f"{RESULTS}/{{figure}}.png",
+    params:
+        spec=lambda wc: json.dumps(config["figures"][wc.figure], sort_keys=True),
+        label=config.get("label", ""),
+    log:
+        f"{WORK}/logs/figure/{{figure}}.log",
+    shell:
+        "{PY} {SCRIPTS}/make_figure.py --name {wildcards.figure} --spec {params.spec:q} "
+        "--paper {input.paper:q} --label {params.label:q} --metrics {input.metrics:q} "
+        "--out {output:q} 2> {log:q}"
