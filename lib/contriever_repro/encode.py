@@ -143,9 +143,8 @@ def encode_texts(
                     parts.append(part)
                     continue
             part = _encode_sorted(chunk, progress=progress, **kwargs)
-            with atomic_path(chunk_file) as tmp:
-                with open(tmp, "wb") as fh:
-                    np.save(fh, part)
+            with atomic_path(chunk_file) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, part)
             parts.append(part)
         dim = model.config.hidden_size
         sorted_emb = np.concatenate(parts) if parts else np.empty((0, dim), np.float32)

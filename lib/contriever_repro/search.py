@@ -111,7 +111,9 @@ def to_trec(run: pd.DataFrame, tag: str) -> str:
     """TREC run format: `qid Q0 docid rank score tag`, one hit per line."""
     lines = [
         f"{q} Q0 {d} {r} {s:.6f} {tag}"
-        for q, d, r, s in zip(run["query_id"], run["doc_id"], run["rank"], run["score"], strict=True)
+        for q, d, r, s in zip(
+            run["query_id"], run["doc_id"], run["rank"], run["score"], strict=True
+        )
     ]
     return "\n".join(lines) + ("\n" if lines else "")
 

@@ -69,6 +69,9 @@ rule convert_beir:
     params:
         folder=unit_source_folder,
         split=lambda wc: UNITS[wc.unit].split,
+        lenient=lambda wc: (
+            "" if config["datasets"][UNITS[wc.unit].dataset].get("strict", True) else "--lenient"
+        ),
     log:
         f"{WORK}/logs/convert_beir/{{unit}}.log",
     resources:
@@ -76,4 +79,4 @@ rule convert_beir:
     shell:
         "{PY} {SCRIPTS}/convert_beir.py --folder {params.folder:q} --split {params.split} "
         "--corpus {output.corpus:q} --queries {output.queries:q} --qrels {output.qrels:q} "
-        "2> {log:q}"
+        "{params.lenient} 2> {log:q}"

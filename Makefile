@@ -1,0 +1,41 @@
+# Two commands do all the set-up: `make demo` and `make test` (each installs first).
+# CPU installs are pinned by constraints/cpu.txt so pip never pulls CUDA wheels;
+# GPU clusters: `make install EXTRAS=gpu CONSTRAINTS=` (see README).
+
+PYTHON ?= python3
+VENV ?= .venv
+EXTRAS ?= cpu,test
+CONSTRAINTS ?= -c constraints/cpu.txt
+CORES ?= 2
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint dry-run bench clean-demo
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints/cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(CONSTRAINTS) -e '.[$(EXTRAS)]'
+	touch $@
+
+demo: install
+	$(BIN)/snakemake --configfile config/demo.yaml --cores $(CORES)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check lib scripts tests bench
+	$(BIN)/ruff format --check lib scripts tests bench
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakemake --lint
+
+dry-run: install
+	$(BIN)/snakemake -n --profile slurm results/table2.csv
+
+bench: install
+	$(BIN)/python bench/bench_scifact.py --out bench/out
+
+clean-demo:
+	rm -rf work/demo results/*.csv results/*.parquet results/*.md results/*.png

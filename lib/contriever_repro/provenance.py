@@ -1,0 +1,25 @@
+"""What every result row records: the config hash, the code version, input checksums."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from .plan import code_version
+
+
+def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk_size), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def provenance(config_hash: str, inputs: dict[str, str | Path], repo: str | Path = ".") -> dict:
+    """Columns appended to metric rows so any number traces back to what produced it."""
+    return {
+        "config_hash": config_hash,
+        "code_version": code_version(repo),
+        **{f"{name}_sha256": sha256_file(path)[:16] for name, path in inputs.items()},
+    }

@@ -1,0 +1,28 @@
+"""Draw one paper figure (PNG) from metric files and quoted paper numbers (rule figure)."""
+
+import argparse
+import json
+
+from contriever_repro import figures, tables
+from contriever_repro.cli import run_main
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--spec", required=True, help="config.figures entry as JSON")
+    ap.add_argument("--paper", required=True)
+    ap.add_argument("--label", default="")
+    ap.add_argument("--metrics", nargs="*", default=[])
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    paper = tables.load_paper_results(args.paper)
+    metrics = tables.read_metrics(args.metrics)
+    figures.figure1(
+        metrics, json.loads(args.spec), args.out, paper=paper, label=args.label, name=args.name
+    )
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,31 @@
+"""Build one paper-shaped table (CSV, parquet, Markdown) from metric files (rule table)."""
+
+import argparse
+import json
+
+from contriever_repro import tables
+from contriever_repro.cli import run_main
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--spec", required=True, help="config.tables entry as JSON")
+    ap.add_argument("--paper", required=True, help="paper_results.yaml")
+    ap.add_argument("--label", default="")
+    ap.add_argument("--metrics", nargs="*", default=[])
+    ap.add_argument("--csv", required=True)
+    ap.add_argument("--parquet", required=True)
+    ap.add_argument("--md", required=True)
+    args = ap.parse_args()
+
+    paper = tables.load_paper_results(args.paper)
+    metrics = tables.read_metrics(args.metrics)
+    built = tables.build_table(args.name, json.loads(args.spec), metrics, paper, args.label)
+    tables.write_table_outputs(
+        built.long, built.wide, built.markdown, args.csv, args.parquet, args.md
+    )
+
+
+if __name__ == "__main__":
+    run_main(main)

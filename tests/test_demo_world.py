@@ -1,0 +1,283 @@
+"""The synthetic demo world: reproducible, valid BEIR layout, and realistic difficulty."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from contriever_repro.demo_world import (
+    DEFAULT_DEMO_SPECS,
+    DemoWorld,
+    generate_demo_datasets,
+    generate_pretraining_corpus,
+)
+from contriever_repro.errors import InputError
+
+SEED = 7
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> dict[str, Path]:
+    start = time.perf_counter()
+    out = generate_demo_datasets(tmp_path_factory.mktemp("demo"), DEFAULT_DEMO_SPECS, SEED)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 10, f"generation took {elapsed:.1f} s"
+    return out
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def beir_folders(demo: dict[str, Path]) -> list[Path]:
+    """Every BEIR-format folder: data sets, and the sub-forums of grouped ones."""
+    folders = []
+    for path in demo.values():
+        if (path / "corpus.jsonl").exists():
+            folders.append(path)
+        else:
+            folders.extend(sorted(p for p in path.iterdir() if p.is_dir()))
+    return folders
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    with path.open(encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    assert rows[0] == ["query-id", "corpus-id", "score"], path
+    qrels: dict[str, dict[str, int]] = {}
+    for row in rows[1:]:
+        assert len(row) == 3, (path, row)
+        assert row[1] not in qrels.get(row[0], {}), f"duplicate pair in {path}"
+        qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+    return qrels
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def test_every_spec_is_written(demo):
+    assert set(demo) == set(DEFAULT_DEMO_SPECS)
+    assert sorted(p.name for p in demo["demo-cqadupstack"].iterdir()) == [
+        "android",
+        "gaming",
+        "unix",
+    ]
+    assert not (demo["demo-cqadupstack"] / "corpus.jsonl").exists()
+    msmarco = sorted(p.name for p in (demo["demo-msmarco"] / "qrels").iterdir())
+    assert msmarco == ["dev.tsv", "train.tsv"]
+
+
+def test_same_seed_same_bytes_and_other_seed_differs(demo, tmp_path):
+    again = generate_demo_datasets(tmp_path / "again", DEFAULT_DEMO_SPECS, SEED)
+    for name, path in demo.items():
+        assert files_of(path) == files_of(again[name]), name
+    other = generate_demo_datasets(tmp_path / "other", {"x": {"n_docs": 200}}, SEED + 1)
+    same = generate_demo_datasets(tmp_path / "same", {"x": {"n_docs": 200}}, SEED)
+    assert files_of(other["x"]) != files_of(same["x"])
+
+
+def test_same_bytes_in_other_processes(demo, tmp_path):
+    """No output depends on str hashing (PYTHONHASHSEED) or other per-process state."""
+    code = (
+        "import sys; from contriever_repro.demo_world import *; "
+        "generate_demo_datasets(sys.argv[1], "
+        "{'demo-quora': DEFAULT_DEMO_SPECS['demo-quora']}, int(sys.argv[2]))"
+    )
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        out = tmp_path / hash_seed
+        subprocess.run([sys.executable, "-c", code, str(out), str(SEED)], env=env, check=True)
+        assert files_of(out / "demo-quora") == files_of(demo["demo-quora"])
+
+
+def test_data_sets_do_not_depend_on_each_other(demo, tmp_path):
+    """A data set's bytes depend only on (seed, name, spec): editing another leaves it."""
+    alone = generate_demo_datasets(
+        tmp_path, {"demo-scifact": DEFAULT_DEMO_SPECS["demo-scifact"]}, SEED
+    )
+    assert files_of(alone["demo-scifact"]) == files_of(demo["demo-scifact"])
+
+
+def test_beir_layout(demo):
+    for folder in beir_folders(demo):
+        corpus = read_jsonl(folder / "corpus.jsonl")
+        queries = read_jsonl(folder / "queries.jsonl")
+        assert all(list(d) == ["_id", "title", "text"] for d in corpus), folder
+        assert all(list(q) == ["_id", "text"] for q in queries), folder
+        doc_ids = [d["_id"] for d in corpus]
+        query_ids = [q["_id"] for q in queries]
+        assert len(set(doc_ids)) == len(doc_ids) and len(set(query_ids)) == len(query_ids)
+        assert all(d["text"].strip() for d in corpus) and all(q["text"].strip() for q in queries)
+        assert 300 <= len(corpus) <= 1500, folder
+        seen: set[str] = set()
+        for split_file in sorted((folder / "qrels").glob("*.tsv")):
+            qrels = read_qrels(split_file)
+            assert 50 <= len(qrels) <= 300, split_file
+            assert not seen & set(qrels), f"a query is in two splits of {folder}"
+            seen |= set(qrels)
+            for qid, rel in qrels.items():
+                assert qid in set(query_ids)
+                assert set(rel) <= set(doc_ids)
+                assert 1 <= len(rel) <= 3
+                assert set(rel.values()) <= {1, 2}
+        assert seen == set(query_ids), "every query is judged, every judged query exists"
+
+
+def test_passage_lengths(demo):
+    for folder in beir_folders(demo):
+        if folder.name == "demo-quora":
+            continue
+        spec = {**DEFAULT_DEMO_SPECS.get(folder.name, DEFAULT_DEMO_SPECS["demo-cqadupstack"])}
+        lo, hi = spec.get("doc_words", [40, 150])
+        lengths = [len(d["text"].split()) for d in read_jsonl(folder / "corpus.jsonl")]
+        assert lo <= min(lengths) and max(lengths) <= hi, folder
+
+
+def test_graded_relevance(demo):
+    qrels = read_qrels(demo["demo-scifact"] / "qrels" / "test.tsv")
+    scores = Counter(s for rel in qrels.values() for s in rel.values())
+    assert scores[1] > 0 and scores[2] > 0
+    assert all(2 in rel.values() for rel in qrels.values())
+    counts = Counter(len(rel) for rel in qrels.values())
+    assert counts[1] and counts[2], "queries with one and with several relevant docs"
+    ungraded = read_qrels(demo["demo-msmarco"] / "qrels" / "dev.tsv")
+    assert {s for rel in ungraded.values() for s in rel.values()} == {1}
+
+
+def test_self_query_sets_use_corpus_documents_as_queries(demo):
+    for name in ("demo-quora", "demo-arguana"):
+        folder = demo[name]
+        corpus = {d["_id"]: d for d in read_jsonl(folder / "corpus.jsonl")}
+        queries = read_jsonl(folder / "queries.jsonl")
+        for q in queries:
+            assert q["_id"] in corpus
+            assert corpus[q["_id"]]["text"] == q["text"]
+        for split_file in (folder / "qrels").glob("*.tsv"):
+            for qid, rel in read_qrels(split_file).items():
+                assert qid not in rel, "a query is never judged relevant to itself"
+                assert all(corpus[d]["text"] != corpus[qid]["text"] for d in rel)
+    assert all(not d["title"] for d in read_jsonl(demo["demo-quora"] / "corpus.jsonl"))
+
+
+def test_standard_query_ids_never_collide_with_doc_ids(demo):
+    folder = demo["demo-scifact"]
+    doc_ids = {d["_id"] for d in read_jsonl(folder / "corpus.jsonl")}
+    assert not doc_ids & {q["_id"] for q in read_jsonl(folder / "queries.jsonl")}
+
+
+def test_group_subsets_have_disjoint_topics():
+    world = DemoWorld(SEED)
+    subsets = world.build_group("g", DEFAULT_DEMO_SPECS["demo-cqadupstack"])
+    entity_topics = [{world.entities[d.entity].topic for d in ds.corpus} for ds in subsets.values()]
+    for i, a in enumerate(entity_topics):
+        for b in entity_topics[i + 1 :]:
+            assert not a & b
+
+
+def bm25_ranker(corpus: dict[str, list[str]]):
+    """Plain BM25 (k1=1.2, b=0.75) so the test measures term matching independently."""
+    n = len(corpus)
+    df = Counter(w for toks in corpus.values() for w in set(toks))
+    avg = sum(map(len, corpus.values())) / n
+    idf = {w: math.log(1 + (n - c + 0.5) / (c + 0.5)) for w, c in df.items()}
+    tfs = {d: Counter(toks) for d, toks in corpus.items()}
+
+    def rank(query: list[str]) -> list[str]:
+        def score(d: str) -> float:
+            tf, norm = tfs[d], 1.2 * (0.25 + 0.75 * len(corpus[d]) / avg)
+            return sum(idf[w] * tf[w] * 2.2 / (tf[w] + norm) for w in query if w in tf)
+
+        return sorted(corpus, key=lambda d: (-score(d), d))
+
+    return rank
+
+
+@pytest.mark.parametrize("name,split", [("demo-scifact", "test"), ("demo-msmarco", "dev")])
+def test_queries_paraphrase_their_documents(demo, name, split):
+    folder = demo[name]
+    corpus = {
+        d["_id"]: words(f"{d['title']} {d['text']}") for d in read_jsonl(folder / "corpus.jsonl")
+    }
+    queries = {q["_id"]: words(q["text"]) for q in read_jsonl(folder / "queries.jsonl")}
+    qrels = read_qrels(folder / "qrels" / f"{split}.tsv")
+    rank = bm25_ranker(corpus)
+    missing, top1 = [], 0
+    for qid, rel in qrels.items():
+        vocab = set().union(*(corpus[d] for d in rel))
+        missing.append(sum(w not in vocab for w in queries[qid]) / len(queries[qid]))
+        top1 += rank(queries[qid])[0] in rel
+    assert sum(missing) / len(missing) > 0.3, "queries use words their documents lack"
+    share = top1 / len(qrels)
+    assert 0.4 < share < 0.95, f"BM25 should work but not perfectly: top-1 {share:.2f}"
+
+
+def test_query_only_synonyms_are_in_pretraining_text_not_in_corpora(demo, tmp_path):
+    world = DemoWorld(SEED)
+    lang = world.language(0)
+    query_only = {w for forms in lang.query_forms for w in forms}
+    path = generate_pretraining_corpus(tmp_path / "pre.txt", 400, SEED)
+    pre_words = set(words(path.read_text(encoding="utf-8")))
+    assert len(query_only & pre_words) > 0.5 * len(query_only)
+    corpus_words = set(words((demo["demo-scifact"] / "corpus.jsonl").read_text()))
+    assert not query_only & corpus_words
+
+
+def test_pretraining_text_is_deterministic_one_document_per_line(tmp_path):
+    a = generate_pretraining_corpus(tmp_path / "a.txt", 300, SEED)
+    b = generate_pretraining_corpus(tmp_path / "b.txt", 300, SEED)
+    assert a.read_bytes() == b.read_bytes()
+    lines = a.read_text(encoding="utf-8").split("\n")
+    assert lines[-1] == "" and len(lines) == 301
+    assert all(30 <= len(line.split()) <= 250 for line in lines[:-1])
+    assert len(set(lines[:-1])) == 300
+
+
+def test_languages_render_the_same_world_with_other_words():
+    one = DemoWorld(SEED)
+    three = DemoWorld(SEED, n_languages=3)
+    assert one.language(0) == three.language(0), "adding languages changes nothing before"
+    l0, l2 = three.language(0), three.language(2)
+    assert l2.order != l0.order
+    assert not {w for f in l0.doc_forms for w in f} & {w for f in l2.doc_forms for w in f}
+    spec = {"n_docs": 300, "splits": {"test": 50}}
+    ds0 = three.build_dataset("x", {**spec, "language": 0})
+    ds2 = three.build_dataset("x", {**spec, "language": 2})
+    assert [d.facts for d in ds0.corpus] == [d.facts for d in ds2.corpus]
+    assert ds0.corpus[0].text != ds2.corpus[0].text
+    with pytest.raises(InputError, match="language"):
+        one.build_dataset("x", {**spec, "language": 1})
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ({"n_doc": 10}, "unknown keys"),
+        ({"kind": "tree"}, "kind"),
+        ({"splits": {"test": 0}}, "splits.test"),
+        ({"n_docs": 20, "splits": {"test": 200}}, "answerable"),
+        ({"doc_words": [40, 30]}, "doc_words"),
+        ({"kind": "group"}, "subsets"),
+        ({"kind": "group", "n_topics": 20, "subsets": {"a": {}, "b": {}}}, "too few topics"),
+    ],
+)
+def test_bad_specs_name_the_problem(tmp_path, spec, message):
+    with pytest.raises(InputError, match=message):
+        generate_demo_datasets(tmp_path, {"bad": spec}, SEED)
+    assert not (tmp_path / "bad").exists()

@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+
+from contriever_repro.encode import shard_bounds
+from contriever_repro.errors import InputError
+from contriever_repro.search import drop_identical, exact_search, rank_run, to_trec
+
+
+def _emb(rows):
+    return np.asarray(rows, dtype=np.float32)
+
+
+def test_exact_search_ranks_by_inner_product_across_shards():
+    q = _emb([[1, 0], [0, 1]])
+    shard_a = (["d1", "d2"], _emb([[0.9, 0.1], [0.1, 0.2]]))
+    shard_b = (["d3"], _emb([[0.5, 0.95]]))
+    run = exact_search(["q1", "q2"], q, [shard_a, shard_b], top_k=2, use_gpu=False)
+    got = {qid: list(g.sort_values("rank")["doc_id"]) for qid, g in run.groupby("query_id")}
+    assert got == {"q1": ["d1", "d3"], "q2": ["d3", "d2"]}
+    assert run.groupby("query_id")["rank"].apply(list).tolist() == [[1, 2], [1, 2]]
+
+
+def test_identical_ids_are_dropped_and_k_hits_remain():
+    q = _emb([[1, 0]])
+    shard = (["q1", "d2", "d3"], _emb([[1, 0], [0.5, 0], [0.2, 0]]))
+    run = exact_search(["q1"], q, [shard], top_k=2, drop_identical_ids=True, use_gpu=False)
+    assert list(run["doc_id"]) == ["d2", "d3"]
+    kept = exact_search(["q1"], q, [shard], top_k=2, drop_identical_ids=False, use_gpu=False)
+    assert list(kept["doc_id"]) == ["q1", "d2"]
+
+
+def test_drop_identical_reranks():
+    import pandas as pd
+
+    run = pd.DataFrame(
+        {"query_id": ["a", "a", "a"], "doc_id": ["a", "x", "y"], "score": [3.0, 2.0, 1.0]}
+    )
+    out = drop_identical(rank_run(run))
+    assert list(out["doc_id"]) == ["x", "y"] and list(out["rank"]) == [1, 2]
+
+
+def test_ties_break_by_doc_id():
+    q = _emb([[1, 0]])
+    shard = (["b", "a", "c"], _emb([[1, 0], [1, 0], [0, 0]]))
+    run = exact_search(["q"], q, [shard], top_k=3, use_gpu=False)
+    assert list(run["doc_id"]) == ["a", "b", "c"]
+
+
+def test_dimension_mismatch_is_reported():
+    with pytest.raises(InputError, match="dimension mismatch"):
+        exact_search(["q"], _emb([[1, 0]]), [(["d"], _emb([[1, 0, 0]]))], use_gpu=False)
+
+
+def test_trec_export():
+    import pandas as pd
+
+    run = rank_run(pd.DataFrame({"query_id": ["1"], "doc_id": ["7"], "score": [0.5]}))
+    assert to_trec(run, "tag") == "1 Q0 7 1 0.500000 tag\n"
+
+
+@pytest.mark.parametrize("n,k", [(10, 3), (3, 3), (2, 3), (0, 1), (1000, 7)])
+def test_shard_bounds_cover_everything_once(n, k):
+    spans = [shard_bounds(n, k, i) for i in range(k)]
+    covered = [i for s, e in spans for i in range(s, e)]
+    assert covered == list(range(n))
+    sizes = [e - s for s, e in spans]
+    assert max(sizes) - min(sizes) <= 1
