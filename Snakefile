@@ -1,13 +1,14 @@
 # Contriever reproduction: from corpora and checkpoints to the paper's tables.
 # Default config is the paper (config/config.yaml); `--configfile config/demo.yaml`
-# runs the offline demo instead (it replaces the paper config rather than merging).
+# runs the offline demo instead: a config file given on the command line replaces the
+# paper config rather than being merged into it (`--config key=value` still overrides).
 
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
 
-if not config:
+if not workflow.overwrite_configfiles:
 
     configfile: "config/config.yaml"
 
@@ -25,6 +26,6 @@ include: "workflow/rules/tables.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

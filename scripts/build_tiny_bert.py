@@ -1,4 +1,4 @@
-"""Build a tiny BERT: WordPiece vocabulary from the demo world, random init (rule build_tiny_bert)."""
+"""Build a tiny BERT from the demo world: WordPiece vocabulary, random init."""
 
 import argparse
 import json

@@ -112,3 +112,26 @@ def code_version(repo: str | Path = ".") -> str:
         return out.stdout.strip() or __version__
     except (OSError, subprocess.CalledProcessError):
         return __version__
+
+
+def check_references(config: dict) -> None:
+    """Fail at start-up, naming the key, when a table or figure names an unknown model or
+    data set (otherwise the error would surface deep inside the DAG, or not at all)."""
+    models = config.get("models") or {}
+    datasets = config.get("datasets") or {}
+    for kind in ("tables", "figures"):
+        for name, spec in (config.get(kind) or {}).items():
+            where = f"{kind}.{name}"
+            for ds in spec.get("datasets", []):
+                if ds not in datasets:
+                    raise InputError(
+                        f"{where}.datasets: '{ds}' is not defined under datasets "
+                        f"(known: {sorted(datasets)})"
+                    )
+            for i, col in enumerate(spec.get("columns", [])):
+                model = col.get("model")
+                if model and model not in models:
+                    raise InputError(
+                        f"{where}.columns[{i}]: model '{model}' is not defined under models "
+                        f"(models.{model} missing; known: {sorted(models)})"
+                    )

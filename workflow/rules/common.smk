@@ -20,6 +20,7 @@ SCRIPTS = str(Path(workflow.basedir) / "scripts")
 with open(config["beir_catalog"]) as fh:
     BEIR_CATALOG = yaml.safe_load(fh)
 
+plan.check_references(config)
 DATASET_UNITS = plan.dataset_units(config, BEIR_CATALOG)
 UNITS = {u.name: u for units in DATASET_UNITS.values() for u in units}
 
@@ -42,7 +43,8 @@ def res(rule_name, key):
 
 def rule_resources(rule_name):
     return {
-        key: res(rule_name, key) for key in ("gpu", "cpus_per_task", "mem_mb", "runtime")
+        key: res(rule_name, key)
+        for key in ("gpu", "cpus_per_task", "mem_mb", "runtime")
     }
 
 
@@ -102,10 +104,45 @@ def table_inputs(kind, name):
     return [dataset_metrics(m, d) for m, d in pairs]
 
 
+def beir_entry(dataset):
+    return BEIR_CATALOG["datasets"][config["datasets"][dataset].get("catalog", dataset)]
+
+
+def beir_url(dataset):
+    entry = beir_entry(dataset)
+    catalog_name = config["datasets"][dataset].get("catalog", dataset)
+    return entry.get("url", f"{BEIR_CATALOG['base_url']}/{catalog_name}.zip")
+
+
+def unit_source_folder(wildcards):
+    """The BEIR-format folder a unit is converted from (sub-forum folder for groups)."""
+    u = UNITS[wildcards.unit]
+    if u.source == "local":
+        base = u.path
+    elif u.source == "demo":
+        base = f"{WORK}/raw/demo/{u.dataset}"
+    else:
+        base = f"{WORK}/raw/beir/{u.dataset}"
+    return f"{base}/{u.subset}" if u.subset else base
+
+
+def unit_source_input(wildcards):
+    u = UNITS[wildcards.unit]
+    if u.source == "local":
+        return []  # a folder outside the workflow: read in place, never copied
+    if u.source == "demo":
+        return f"{WORK}/raw/demo"
+    return f"{WORK}/raw/beir/{u.dataset}"
+
+
 def all_targets():
     out = []
     for name in config.get("tables", {}):
-        out += [f"{RESULTS}/{name}.csv", f"{RESULTS}/{name}.parquet", f"{RESULTS}/{name}.md"]
+        out += [
+            f"{RESULTS}/{name}.csv",
+            f"{RESULTS}/{name}.parquet",
+            f"{RESULTS}/{name}.md",
+        ]
     for name in config.get("figures", {}):
         out.append(f"{RESULTS}/{name}.png")
     return out

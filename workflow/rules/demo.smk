@@ -4,9 +4,11 @@
 rule demo_world:
     output:
         directory(f"{WORK}/raw/demo"),
-    params:
-        spec=lambda wc: json.dumps(config.get("demo_world", {}), sort_keys=True),
     log:
         f"{WORK}/logs/demo_world.log",
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/demo_world.py",
+        spec=lambda wc: json.dumps(config.get("demo_world", {}), sort_keys=True),
     shell:
-        "{PY} {SCRIPTS}/demo_world.py --spec {params.spec:q} --out {output:q} 2> {log:q}"
+        "{params.py} {params.script} --spec {params.spec:q} --out {output:q} 2> {log:q}"

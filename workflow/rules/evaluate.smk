@@ -9,23 +9,28 @@ rule evaluate:
     output:
         metrics=f"{WORK}/metrics/{{model}}/units/{{unit}}.parquet",
         per_query=f"{WORK}/metrics/{{model}}/units/{{unit}}.per_query.parquet",
+    log:
+        f"{WORK}/logs/evaluate/{{model}}/{{unit}}.log",
     params:
+        py=PY,
+        script=f"{SCRIPTS}/evaluate.py",
         k_values=" ".join(str(k) for k in config["evaluation"]["k_values"]),
         dataset=lambda wc: UNITS[wc.unit].dataset,
         split=lambda wc: UNITS[wc.unit].split,
         config_hash=lambda wc: plan.stable_hash(
-            [config["models"][wc.model], config["datasets"][UNITS[wc.unit].dataset],
-             config["evaluation"]]
+            [
+                config["models"][wc.model],
+                config["datasets"][UNITS[wc.unit].dataset],
+                config["evaluation"],
+            ]
         ),
         identical=lambda wc: (
             "--drop-identical-ids"
             if config["evaluation"]["ignore_identical_ids"]
             else "--keep-identical-ids"
         ),
-    log:
-        f"{WORK}/logs/evaluate/{{model}}/{{unit}}.log",
     shell:
-        "{PY} {SCRIPTS}/evaluate.py --run {input.run:q} --qrels {input.qrels:q} "
+        "{params.py} {params.script} --run {input.run:q} --qrels {input.qrels:q} "
         "--model {wildcards.model} --dataset {params.dataset} --unit {wildcards.unit} "
         "--split {params.split} --k-values {params.k_values} {params.identical} "
         "--config-hash {params.config_hash} --out {output.metrics:q} "
@@ -42,6 +47,9 @@ rule dataset_metrics:
         f"{WORK}/metrics/{{model}}/datasets/{{dataset}}.parquet",
     log:
         f"{WORK}/logs/dataset_metrics/{{model}}/{{dataset}}.log",
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/dataset_metrics.py",
     shell:
-        "{PY} {SCRIPTS}/dataset_metrics.py --dataset {wildcards.dataset} "
+        "{params.py} {params.script} --dataset {wildcards.dataset} "
         "--units {input:q} --out {output:q} 2> {log:q}"

@@ -6,12 +6,14 @@ rule build_tiny_bert:
         f"{WORK}/raw/demo",
     output:
         directory(f"{WORK}/models/{{name}}"),
+    log:
+        f"{WORK}/logs/build_tiny_bert/{{name}}.log",
     wildcard_constraints:
         name="|".join(config.get("tiny_berts", {})) or "^$",
     params:
+        py=PY,
+        script=f"{SCRIPTS}/build_tiny_bert.py",
         spec=lambda wc: json.dumps(config["tiny_berts"][wc.name], sort_keys=True),
-    log:
-        f"{WORK}/logs/build_tiny_bert/{{name}}.log",
     shell:
-        "{PY} {SCRIPTS}/build_tiny_bert.py --spec {params.spec:q} --demo-root {input:q} "
+        "{params.py} {params.script} --spec {params.spec:q} --demo-root {input:q} "
         "--out {output:q} 2> {log:q}"

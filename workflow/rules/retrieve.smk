@@ -9,18 +9,20 @@ rule encode_corpus:
         emb=f"{WORK}/embeddings/{{model}}/{{unit}}/corpus.{{shard}}-of-{{n}}.npy",
         ids=f"{WORK}/embeddings/{{model}}/{{unit}}/corpus.{{shard}}-of-{{n}}.ids.parquet",
         meta=f"{WORK}/embeddings/{{model}}/{{unit}}/corpus.{{shard}}-of-{{n}}.json",
-    params:
-        spec=lambda wc: model_spec_json(wc.model),
-        source=lambda wc: source_arg(wc.model),
-        prefix=lambda wc, output: output.emb[: -len(".npy")],
-        resume=lambda wc, output: output.emb[: -len(".npy")] + ".partial",
     log:
         f"{WORK}/logs/encode_corpus/{{model}}/{{unit}}.{{shard}}-of-{{n}}.log",
     threads: res("encode_corpus", "cpus_per_task")
     resources:
         **rule_resources("encode_corpus"),
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/encode.py",
+        spec=lambda wc: model_spec_json(wc.model),
+        source=lambda wc: source_arg(wc.model),
+        prefix=lambda wc, output: output.emb[: -len(".npy")],
+        resume=lambda wc, output: output.emb[: -len(".npy")] + ".partial",
     shell:
-        "{PY} {SCRIPTS}/encode.py corpus --spec {params.spec:q} {params.source} "
+        "{params.py} {params.script} corpus --spec {params.spec:q} {params.source} "
         "--input {input.corpus:q} --shard {wildcards.shard} --num-shards {wildcards.n} "
         "--out-prefix {params.prefix:q} --resume-dir {params.resume:q} "
         "--threads {threads} 2> {log:q}"
@@ -34,17 +36,19 @@ rule encode_queries:
         emb=f"{WORK}/embeddings/{{model}}/{{unit}}/queries.npy",
         ids=f"{WORK}/embeddings/{{model}}/{{unit}}/queries.ids.parquet",
         meta=f"{WORK}/embeddings/{{model}}/{{unit}}/queries.json",
-    params:
-        spec=lambda wc: model_spec_json(wc.model),
-        source=lambda wc: source_arg(wc.model),
-        prefix=lambda wc, output: output.emb[: -len(".npy")],
     log:
         f"{WORK}/logs/encode_queries/{{model}}/{{unit}}.log",
     threads: res("encode_queries", "cpus_per_task")
     resources:
         **rule_resources("encode_queries"),
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/encode.py",
+        spec=lambda wc: model_spec_json(wc.model),
+        source=lambda wc: source_arg(wc.model),
+        prefix=lambda wc, output: output.emb[: -len(".npy")],
     shell:
-        "{PY} {SCRIPTS}/encode.py queries --spec {params.spec:q} {params.source} "
+        "{params.py} {params.script} queries --spec {params.spec:q} {params.source} "
         "--input {input.queries:q} --out-prefix {params.prefix:q} --threads {threads} "
         "2> {log:q}"
 
@@ -56,7 +60,14 @@ rule search:
     output:
         run=f"{WORK}/runs/dense/{{model}}/{{unit}}.parquet",
         trec=f"{WORK}/runs/dense/{{model}}/{{unit}}.trec",
+    log:
+        f"{WORK}/logs/search/{{model}}/{{unit}}.log",
+    threads: res("search", "cpus_per_task")
+    resources:
+        **rule_resources("search"),
     params:
+        py=PY,
+        script=f"{SCRIPTS}/search.py",
         top_k=config["evaluation"]["top_k"],
         identical=lambda wc: (
             "--drop-identical-ids"
@@ -67,13 +78,8 @@ rule search:
             f"--shard {s[: -len('.npy')]}" for s in input.shards
         ),
         queries=lambda wc, input: input.queries[: -len(".npy")],
-    log:
-        f"{WORK}/logs/search/{{model}}/{{unit}}.log",
-    threads: res("search", "cpus_per_task")
-    resources:
-        **rule_resources("search"),
     shell:
-        "{PY} {SCRIPTS}/search.py --queries {params.queries:q} {params.shard_args} "
+        "{params.py} {params.script} --queries {params.queries:q} {params.shard_args} "
         "--top-k {params.top_k} {params.identical} --tag {wildcards.model} "
         "--run {output.run:q} --trec {output.trec:q} --threads {threads} 2> {log:q}"
 
@@ -85,7 +91,14 @@ rule bm25:
     output:
         run=f"{WORK}/runs/bm25/{{model}}/{{unit}}.parquet",
         trec=f"{WORK}/runs/bm25/{{model}}/{{unit}}.trec",
+    log:
+        f"{WORK}/logs/bm25/{{model}}/{{unit}}.log",
+    threads: res("bm25", "cpus_per_task")
+    resources:
+        **rule_resources("bm25"),
     params:
+        py=PY,
+        script=f"{SCRIPTS}/bm25.py",
         spec=lambda wc: json.dumps(model_cfg(wc.model), sort_keys=True),
         top_k=config["evaluation"]["top_k"],
         identical=lambda wc: (
@@ -93,13 +106,8 @@ rule bm25:
             if config["evaluation"]["ignore_identical_ids"]
             else "--keep-identical-ids"
         ),
-    log:
-        f"{WORK}/logs/bm25/{{model}}/{{unit}}.log",
-    threads: res("bm25", "cpus_per_task")
-    resources:
-        **rule_resources("bm25"),
     shell:
-        "{PY} {SCRIPTS}/bm25.py --spec {params.spec:q} --corpus {input.corpus:q} "
+        "{params.py} {params.script} --spec {params.spec:q} --corpus {input.corpus:q} "
         "--queries {input.queries:q} --top-k {params.top_k} {params.identical} "
         "--tag {wildcards.model} --run {output.run:q} --trec {output.trec:q} "
         "--threads {threads} 2> {log:q}"

@@ -10,13 +10,15 @@ rule table:
         csv=f"{RESULTS}/{{table}}.csv",
         parquet=f"{RESULTS}/{{table}}.parquet",
         md=f"{RESULTS}/{{table}}.md",
-    params:
-        spec=lambda wc: json.dumps(config["tables"][wc.table], sort_keys=True),
-        label=config.get("label", ""),
     log:
         f"{WORK}/logs/table/{{table}}.log",
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/make_table.py",
+        spec=lambda wc: json.dumps(config["tables"][wc.table], sort_keys=True),
+        label=config.get("label", ""),
     shell:
-        "{PY} {SCRIPTS}/make_table.py --name {wildcards.table} --spec {params.spec:q} "
+        "{params.py} {params.script} --name {wildcards.table} --spec {params.spec:q} "
         "--paper {input.paper:q} --label {params.label:q} --metrics {input.metrics:q} "
         "--csv {output.csv:q} --parquet {output.parquet:q} --md {output.md:q} 2> {log:q}"
 
@@ -27,12 +29,14 @@ rule figure:
         paper=config["paper_results"],
     output:
         f"{RESULTS}/{{figure}}.png",
-    params:
-        spec=lambda wc: json.dumps(config["figures"][wc.figure], sort_keys=True),
-        label=config.get("label", ""),
     log:
         f"{WORK}/logs/figure/{{figure}}.log",
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/make_figure.py",
+        spec=lambda wc: json.dumps(config["figures"][wc.figure], sort_keys=True),
+        label=config.get("label", ""),
     shell:
-        "{PY} {SCRIPTS}/make_figure.py --name {wildcards.figure} --spec {params.spec:q} "
+        "{params.py} {params.script} --name {wildcards.figure} --spec {params.spec:q} "
         "--paper {input.paper:q} --label {params.label:q} --metrics {input.metrics:q} "
         "--out {output:q} 2> {log:q}"

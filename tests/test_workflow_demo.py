@@ -1,0 +1,167 @@
+"""The offline demo end to end, as CI runs it: every table and figure from nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from workflow_utils import ROOT, base_config, snakemake, write_config
+
+pytestmark = [pytest.mark.workflow, pytest.mark.slow]
+
+
+def demo_config(tmp: Path) -> dict:
+    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    return config | base_config(tmp)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    cfg = write_config(tmp / "demo.yaml", demo_config(tmp))
+    proc = snakemake("--configfile", str(cfg), "--cores", "2", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return tmp, cfg
+
+
+def test_demo_writes_every_table_and_figure(demo_run):
+    tmp, _ = demo_run
+    for table in ("table2", "table10", "table11"):
+        for ext in ("csv", "parquet", "md"):
+            assert (tmp / "results" / f"{table}.{ext}").stat().st_size > 0
+    png = (tmp / "results" / "figure1.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_demo_table_cells_trace_back_to_runs(demo_run):
+    tmp, _ = demo_run
+    long = pd.read_parquet(tmp / "results" / "table2.parquet")
+    cells = long[(long["row_kind"] == "dataset") & (long["source"] == "computed")]
+    assert len(cells) == 2 * 5
+    for runs in cells["run"]:
+        for run in runs.split(";"):
+            assert Path(run).is_file(), run
+    assert cells["config_hash"].str.len().gt(0).all()
+    assert "demo" in (tmp / "results" / "table2.md").read_text()
+
+
+def test_demo_bm25_is_strong_and_untrained_model_is_weak(demo_run):
+    tmp, _ = demo_run
+    wide = pd.read_csv(tmp / "results" / "table2.csv").set_index("dataset")
+    bm25 = wide["BM25 (computed)"]
+    untrained = wide["Ours (tiny BERT, untrained)"]
+    assert (bm25.loc["demo-scifact"] > 50) and (bm25.loc["Avg."] > 50)
+    assert untrained.loc["Avg."] < bm25.loc["Avg."]
+
+
+def test_identical_ids_are_filtered_in_self_query_sets(demo_run):
+    tmp, _ = demo_run
+    for kind in ("bm25/bm25", "dense/tiny-bert-init"):
+        run = pd.read_parquet(tmp / "work" / "runs" / Path(kind) / "demo-quora.parquet")
+        assert not (run["query_id"] == run["doc_id"]).any()
+
+
+def test_cqadupstack_like_group_is_the_mean_of_its_subsets(demo_run):
+    tmp, _ = demo_run
+    metrics = tmp / "work" / "metrics" / "bm25"
+    subsets = [
+        pd.read_parquet(metrics / "units" / f"demo-cqadupstack--{s}.parquet").set_index("metric")
+        for s in ("android", "gaming", "unix")
+    ]
+    group = pd.read_parquet(metrics / "datasets" / "demo-cqadupstack.parquet").set_index("metric")
+    expected = sum(s.loc["ndcg@10", "value"] for s in subsets) / 3
+    assert group.loc["ndcg@10", "value"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_rerun_has_nothing_to_do(demo_run):
+    tmp, cfg = demo_run
+    proc = snakemake("--configfile", str(cfg), "--cores", "2", "-n", cwd=tmp)
+    assert proc.returncode == 0
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+# --- downloads through the workflow: mirror, checksum, bad input -----------------------
+
+
+def _zip_beir(folder: Path, zip_path: Path, name: str) -> str:
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                zf.write(f, f"{name}/{f.relative_to(folder)}")
+    return hashlib.md5(zip_path.read_bytes()).hexdigest()
+
+
+def _mirror_config(tmp: Path, md5: str, corpus_shards: int = 1) -> Path:
+    catalog = {
+        "base_url": "https://example.invalid/beir",
+        "datasets": {"tiny": {"md5": md5, "split": "test"}},
+    }
+    write_config(tmp / "catalog.yaml", catalog)
+    config = base_config(tmp) | {
+        "beir_catalog": str(tmp / "catalog.yaml"),
+        "mirror": str(tmp / "mirror"),
+        "datasets": {"tiny": {"source": "beir", "shards": corpus_shards}},
+        "models": {"bm25": {"type": "bm25"}},
+        "evaluation": {"top_k": 10, "k_values": [1, 10], "ignore_identical_ids": True},
+    }
+    return write_config(tmp / "config.yaml", config)
+
+
+@pytest.fixture()
+def tiny_beir(tmp_path) -> Path:
+    folder = tmp_path / "src"
+    (folder / "qrels").mkdir(parents=True)
+    docs = [{"_id": f"d{i}", "title": "", "text": f"word{i} common text"} for i in range(5)]
+    (folder / "corpus.jsonl").write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+    (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "word3"}\n')
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td3\t1\n")
+    return folder
+
+
+def test_download_through_mirror_then_convert_and_score(tmp_path, tiny_beir):
+    (tmp_path / "mirror").mkdir()
+    md5 = _zip_beir(tiny_beir, tmp_path / "mirror" / "tiny.zip", "tiny")
+    cfg = _mirror_config(tmp_path, md5)
+    target = tmp_path / "work" / "metrics" / "bm25" / "datasets" / "tiny.parquet"
+    proc = snakemake(str(target), "--configfile", str(cfg), "--cores", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pd.read_parquet(target).set_index("metric")
+    assert table.loc["ndcg@10", "value"] == 1.0
+
+
+def test_checksum_mismatch_fails_and_leaves_nothing(tmp_path, tiny_beir):
+    (tmp_path / "mirror").mkdir()
+    _zip_beir(tiny_beir, tmp_path / "mirror" / "tiny.zip", "tiny")
+    cfg = _mirror_config(tmp_path, "0" * 32)
+    target = tmp_path / "work" / "data" / "tiny" / "corpus.parquet"
+    proc = snakemake(str(target), "--configfile", str(cfg), "--cores", "1", cwd=tmp_path)
+    assert proc.returncode != 0
+    log = (tmp_path / "work" / "logs" / "download_beir" / "tiny.log").read_text()
+    assert "md5" in log and "0" * 32 in log
+    downloads = tmp_path / "work" / "downloads" / "beir"
+    assert not any(downloads.glob("tiny.zip*"))
+
+
+def test_bad_corpus_line_fails_naming_file_and_line(tmp_path, tiny_beir):
+    with open(tiny_beir / "corpus.jsonl", "a") as fh:
+        fh.write('{"_id": "d9", "text": broken}\n')
+    config = base_config(tmp_path) | {
+        "datasets": {"tiny": {"source": "local", "path": str(tiny_beir)}},
+        "models": {"bm25": {"type": "bm25"}},
+        "evaluation": {"top_k": 10, "k_values": [10], "ignore_identical_ids": True},
+    }
+    cfg = write_config(tmp_path / "config.yaml", config)
+    target = tmp_path / "work" / "data" / "tiny" / "corpus.parquet"
+    proc = snakemake(str(target), "--configfile", str(cfg), "--cores", "1", cwd=tmp_path)
+    assert proc.returncode != 0
+    log = (tmp_path / "work" / "logs" / "convert_beir" / "tiny.log").read_text()
+    assert f"{tiny_beir / 'corpus.jsonl'}:6:" in log
+    assert not (tmp_path / "work" / "data" / "tiny").exists() or not any(
+        (tmp_path / "work" / "data" / "tiny").glob("*.parquet")
+    )
