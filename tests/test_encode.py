@@ -1,0 +1,88 @@
+"""Encoding: input order is kept, chunks resume, shards and metadata round-trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from contriever_repro import encode as enc
+from contriever_repro.errors import InputError
+from contriever_repro.models import ModelSpec, load_encoder
+
+TEXTS = [
+    "short",
+    "a much longer text about retrieval with many words in it",
+    "medium length text here",
+    "x",
+    "another fairly long sentence for the batch",
+]
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_path):
+    spec = ModelSpec(name="minilm", source=str(minilm_path), normalize=True)
+    return spec, *load_encoder(spec)
+
+
+def _encode(minilm, texts, **kw):
+    spec, tok, model = minilm
+    return enc.encode_texts(
+        texts, tok, model, max_length=64, batch_size=2, pooling="mean", l2_normalize=True, **kw
+    )
+
+
+def test_output_follows_input_order_whatever_the_batching(minilm):
+    together = _encode(minilm, TEXTS)
+    one_by_one = np.concatenate([_encode(minilm, [t]) for t in TEXTS])
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+
+
+def test_resume_reuses_finished_chunks(minilm, tmp_path, monkeypatch):
+    full = _encode(minilm, TEXTS, resume_dir=tmp_path, chunk_size=2)
+    chunks = sorted(tmp_path.glob("chunk-*.npy"))
+    assert len(chunks) == 3
+    chunks[-1].unlink()  # as if the job died while writing the last chunk
+    calls = []
+    real = enc._encode_sorted
+    monkeypatch.setattr(enc, "_encode_sorted", lambda texts, **kw: calls.append(len(texts))
+                        or real(texts, **kw))
+    again = _encode(minilm, TEXTS, resume_dir=tmp_path, chunk_size=2)
+    assert calls == [1]  # only the missing last chunk (5 texts, chunks of 2) was encoded
+    np.testing.assert_allclose(full, again, atol=1e-6)
+
+
+def test_bf16_autocast_is_close_to_fp32(minilm):
+    fp32 = _encode(minilm, TEXTS)
+    bf16 = _encode(minilm, TEXTS, dtype="bf16")
+    cos = (fp32 * bf16).sum(axis=1)
+    assert cos.min() > 0.99
+
+
+def test_fp16_on_cpu_is_refused(minilm):
+    with pytest.raises(InputError, match="fp16 encoding needs a GPU"):
+        _encode(minilm, TEXTS, dtype="fp16")
+
+
+def test_embedding_shards_round_trip(tmp_path):
+    emb = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    spec = ModelSpec(name="m", source="x")
+    enc.save_embeddings(tmp_path / "corpus.0-of-1", ["a", "b", "c"], emb,
+                        enc.embedding_meta(spec, "passage"))
+    ids, back, meta = enc.load_embeddings(tmp_path / "corpus.0-of-1")
+    assert ids == ["a", "b", "c"] and np.array_equal(back, emb)
+    assert meta["pooling"] == "mean" and meta["dim"] == 4 and meta["l2_normalize"] is False
+
+
+def test_missing_shard_file_is_named(tmp_path):
+    with pytest.raises(InputError, match="corpus.0-of-1.npy"):
+        enc.load_embeddings(tmp_path / "corpus.0-of-1")
+
+
+def test_passage_and_query_texts_follow_the_spec():
+    spec = ModelSpec(name="m", source="x", lowercase=True, query_prefix="query: ")
+    corpus = pd.DataFrame({"doc_id": ["1", "2"], "title": ["T", ""], "text": ["Body", "Only"]})
+    assert enc.passage_texts(corpus, spec) == ["t body", "only"]
+    queries = pd.DataFrame({"query_id": ["q"], "text": ["Hello"]})
+    assert enc.query_texts(queries, spec) == ["query: hello"]

@@ -1,0 +1,75 @@
+import pytest
+
+from contriever_repro.errors import InputError
+from contriever_repro.plan import (
+    check_references,
+    dataset_units,
+    model_kind,
+    stable_hash,
+    table_cells,
+    workflow_model_name,
+)
+
+CATALOG = {
+    "datasets": {
+        "msmarco": {"md5": "x", "split": "dev"},
+        "cqadupstack": {"md5": "y", "split": "test", "subsets": ["android", "gis"]},
+        "bioasq": {"public": False},
+    }
+}
+
+
+def test_units_expand_subsets_and_take_catalog_split():
+    units = dataset_units(
+        {"datasets": {"msmarco": {"shards": 4}, "cqadupstack": {}}}, CATALOG
+    )
+    assert [u.name for u in units["cqadupstack"]] == ["cqadupstack--android", "cqadupstack--gis"]
+    (ms,) = units["msmarco"]
+    assert ms.split == "dev" and ms.shards == 4 and ms.source == "beir"
+
+
+def test_non_public_dataset_needs_a_local_folder():
+    with pytest.raises(InputError, match="datasets.bioasq: not freely downloadable"):
+        dataset_units({"datasets": {"bioasq": {}}}, CATALOG)
+    units = dataset_units({"datasets": {"bioasq": {"source": "local", "path": "/x"}}}, CATALOG)
+    assert units["bioasq"][0].path == "/x"
+
+
+def test_unknown_catalog_entry_is_named():
+    with pytest.raises(InputError, match="datasets.nope: not in the BEIR catalog"):
+        dataset_units({"datasets": {"nope": {}}}, CATALOG)
+
+
+def test_model_kind_and_workflow_models():
+    cfg = {"models": {"b": {"type": "bm25"}, "d": {"source": "x"}}}
+    assert model_kind(cfg, "b") == "bm25" and model_kind(cfg, "d") == "dense"
+    with pytest.raises(InputError, match="models.z"):
+        model_kind(cfg, "z")
+    assert workflow_model_name("workflow:tiny") == "tiny"
+    assert workflow_model_name("facebook/contriever") is None
+
+
+def test_table_cells_only_for_computed_columns():
+    spec = {
+        "datasets": ["a", "b"],
+        "columns": [{"name": "P", "paper": "bm25"}, {"name": "M", "model": "m"}],
+    }
+    assert table_cells(spec) == [("m", "a"), ("m", "b")]
+
+
+def test_check_references_names_the_key():
+    cfg = {
+        "models": {"m": {}},
+        "datasets": {"a": {}},
+        "tables": {"t": {"datasets": ["a"], "columns": [{"name": "X", "model": "q"}]}},
+    }
+    with pytest.raises(InputError, match=r"tables.t.columns\[0\]: model 'q'"):
+        check_references(cfg)
+    cfg["tables"]["t"] = {"datasets": ["zz"], "columns": []}
+    with pytest.raises(InputError, match="tables.t.datasets: 'zz'"):
+        check_references(cfg)
+
+
+def test_stable_hash_changes_with_content_only():
+    assert stable_hash({"a": 1, "b": 2}) == stable_hash({"b": 2, "a": 1})
+    assert stable_hash({"a": 1}) != stable_hash({"a": 2})
