@@ -149,7 +149,8 @@ def main() -> None:
 
     base = next((r for r in results if r["variant"] == "beir-fp32"), None)
     rows = [
-        "| variant | wall s | docs/s | speed-up vs beir | peak RSS MiB | nDCG@10 | R@100 | MRR@100 |",
+        "| variant | wall s | docs/s | speed-up vs beir | peak RSS MiB "
+        "| nDCG@10 | R@100 | MRR@100 |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:

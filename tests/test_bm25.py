@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
+from contriever_repro.beir_format import load_beir_folder
 from contriever_repro.bm25 import BM25Index, bm25_search
 from contriever_repro.errors import InputError
 from contriever_repro.metrics import as_beir_dict, score_run
@@ -100,23 +98,9 @@ def test_bad_input():
         bm25_search(CORPUS, queries(q="dogs"), stemmer_language="klingon")
 
 
-def load_scifact(folder: Path):
-    def jsonl(path: Path, id_col: str) -> pd.DataFrame:
-        with path.open(encoding="utf-8") as f:
-            df = pd.DataFrame([json.loads(line) for line in f])
-        return df.rename(columns={"_id": id_col}).astype({id_col: str})
-
-    corpus = jsonl(folder / "corpus.jsonl", "doc_id")[["doc_id", "title", "text"]]
-    queries = jsonl(folder / "queries.jsonl", "query_id")[["query_id", "text"]]
-    qrels = pd.read_csv(folder / "qrels" / "test.tsv", sep="\t", dtype=str)
-    qrels.columns = ["query_id", "doc_id", "relevance"]
-    qrels = qrels.astype({"relevance": "int32"})
-    return corpus, queries[queries["query_id"].isin(set(qrels["query_id"]))], qrels
-
-
 @pytest.mark.integration
 def test_scifact_ndcg_in_sane_range(shared_data):
-    corpus, queries, qrels = load_scifact(shared_data / "beir" / "scifact")
+    corpus, queries, qrels = load_beir_folder(shared_data / "beir" / "scifact", "test")
     run = bm25_search(corpus, queries, top_k=100)
     assert run.groupby("query_id")["rank"].min().eq(1).all()
     assert run.groupby("query_id").size().max() == 100

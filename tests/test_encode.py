@@ -46,8 +46,9 @@ def test_resume_reuses_finished_chunks(minilm, tmp_path, monkeypatch):
     chunks[-1].unlink()  # as if the job died while writing the last chunk
     calls = []
     real = enc._encode_sorted
-    monkeypatch.setattr(enc, "_encode_sorted", lambda texts, **kw: calls.append(len(texts))
-                        or real(texts, **kw))
+    monkeypatch.setattr(
+        enc, "_encode_sorted", lambda texts, **kw: calls.append(len(texts)) or real(texts, **kw)
+    )
     again = _encode(minilm, TEXTS, resume_dir=tmp_path, chunk_size=2)
     assert calls == [1]  # only the missing last chunk (5 texts, chunks of 2) was encoded
     np.testing.assert_allclose(full, again, atol=1e-6)
@@ -68,8 +69,9 @@ def test_fp16_on_cpu_is_refused(minilm):
 def test_embedding_shards_round_trip(tmp_path):
     emb = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
     spec = ModelSpec(name="m", source="x")
-    enc.save_embeddings(tmp_path / "corpus.0-of-1", ["a", "b", "c"], emb,
-                        enc.embedding_meta(spec, "passage"))
+    enc.save_embeddings(
+        tmp_path / "corpus.0-of-1", ["a", "b", "c"], emb, enc.embedding_meta(spec, "passage")
+    )
     ids, back, meta = enc.load_embeddings(tmp_path / "corpus.0-of-1")
     assert ids == ["a", "b", "c"] and np.array_equal(back, emb)
     assert meta["pooling"] == "mean" and meta["dim"] == 4 and meta["l2_normalize"] is False

@@ -49,7 +49,7 @@ def paper() -> dict:
 
 @pytest.fixture(scope="module")
 def figure_spec() -> dict:
-    config = yaml.safe_load((ROOT / "config" / "tables.yaml").read_text(encoding="utf-8"))
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text(encoding="utf-8"))
     return config["figures"]["figure1"]
 
 

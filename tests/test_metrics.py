@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import copy
-import json
 import math
 import random
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from beir.retrieval.evaluation import EvaluateRetrieval
 
+from contriever_repro.beir_format import load_beir_folder
 from contriever_repro.bm25 import bm25_search
 from contriever_repro.errors import InputError
 from contriever_repro.metrics import (
@@ -331,23 +330,9 @@ def test_evaluate_run_does_not_mutate_inputs():
     pd.testing.assert_frame_equal(qrels, qrels0)
 
 
-def load_beir_dir(folder: Path, split: str = "test"):
-    def jsonl(path: Path, id_col: str) -> pd.DataFrame:
-        with path.open(encoding="utf-8") as f:
-            df = pd.DataFrame([json.loads(line) for line in f])
-        return df.rename(columns={"_id": id_col}).astype({id_col: str})
-
-    corpus = jsonl(folder / "corpus.jsonl", "doc_id")[["doc_id", "title", "text"]]
-    queries = jsonl(folder / "queries.jsonl", "query_id")[["query_id", "text"]]
-    qrels = pd.read_csv(folder / "qrels" / f"{split}.tsv", sep="\t", dtype=str)
-    qrels.columns = ["query_id", "doc_id", "relevance"]
-    qrels = qrels.astype({"relevance": "int32"})
-    return corpus, queries[queries["query_id"].isin(set(qrels["query_id"]))], qrels
-
-
 @pytest.mark.integration
 def test_parity_with_beir_on_scifact_bm25(shared_data):
-    corpus, queries, qrels = load_beir_dir(shared_data / "beir" / "scifact")
+    corpus, queries, qrels = load_beir_folder(shared_data / "beir" / "scifact", "test")
     run = bm25_search(corpus, queries, top_k=1000)
     assert_parity(run, qrels, DEFAULT_K_VALUES)
     # The paper's TREC-COVID "R@100" is capped recall; on SciFact both exist and differ little.

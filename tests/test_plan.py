@@ -20,9 +20,7 @@ CATALOG = {
 
 
 def test_units_expand_subsets_and_take_catalog_split():
-    units = dataset_units(
-        {"datasets": {"msmarco": {"shards": 4}, "cqadupstack": {}}}, CATALOG
-    )
+    units = dataset_units({"datasets": {"msmarco": {"shards": 4}, "cqadupstack": {}}}, CATALOG)
     assert [u.name for u in units["cqadupstack"]] == ["cqadupstack--android", "cqadupstack--gis"]
     (ms,) = units["msmarco"]
     assert ms.split == "dev" and ms.shards == 4 and ms.source == "beir"

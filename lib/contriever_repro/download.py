@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from .errors import InputError
+from .progress import fmt_seconds
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +99,6 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def _fmt_eta(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h:d}:{m:02d}:{s:02d}"
-
-
 class _Meter:
     """Log bytes done, rate and ETA at most every `interval` seconds."""
 
@@ -125,7 +119,7 @@ class _Meter:
         rate = (self.done - self.start_bytes) / max(now - self.t0, 1e-9)
         if self.total:
             pct = 100.0 * self.done / self.total
-            eta = _fmt_eta((self.total - self.done) / rate) if rate > 0 else "?"
+            eta = fmt_seconds((self.total - self.done) / rate) if rate > 0 else "?"
             return (
                 f"{self.what}: {_fmt_bytes(self.done)} / {_fmt_bytes(self.total)} "
                 f"({pct:.1f}%), {_fmt_bytes(rate)}/s, ETA {eta}"

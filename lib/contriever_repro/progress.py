@@ -10,7 +10,7 @@ import logging
 import time
 
 
-def _fmt_seconds(seconds: float) -> str:
+def fmt_seconds(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
@@ -49,9 +49,9 @@ class Progress:
         elapsed = max(now - self.start, 1e-9)
         rate = self.done / elapsed
         remaining = (self.total - self.done) / rate if rate > 0 else float("inf")
-        eta = _fmt_seconds(remaining) if remaining != float("inf") else "?"
+        eta = fmt_seconds(remaining) if remaining != float("inf") else "?"
         pct = 100.0 * self.done / self.total if self.total else 100.0
         return (
             f"{self.what}: {self.done}/{self.total} {self.unit} ({pct:.1f}%), "
-            f"{rate:.1f} {self.unit}/s, elapsed {_fmt_seconds(elapsed)}, ETA {eta}"
+            f"{rate:.1f} {self.unit}/s, elapsed {fmt_seconds(elapsed)}, ETA {eta}"
         )

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import heapq
 import os
-import shutil
 import string
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import InputError
+from .io import atomic_dir
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # [PAD] = 0, as in BERT
 MAX_CHARS_PER_WORD = 100  # BERT's limit: longer words become [UNK]
@@ -206,18 +205,10 @@ def build_tiny_bert(
     model.eval()
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         # vocab.txt too, for tools that read a BERT vocabulary directly
         (tmp / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
         os.chmod(tmp, 0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

@@ -7,7 +7,11 @@ rule table:
         metrics=lambda wc: table_inputs("tables", wc.table),
         paper=config["paper_results"],
     output:
-        csv=f"{RESULTS}/{{table}}.csv",
+        csv=report(
+            f"{RESULTS}/{{table}}.csv",
+            caption="../report/table.rst",
+            category="Tables",
+        ),
         parquet=f"{RESULTS}/{{table}}.parquet",
         md=f"{RESULTS}/{{table}}.md",
     log:
@@ -28,7 +32,11 @@ rule figure:
         metrics=lambda wc: table_inputs("figures", wc.figure),
         paper=config["paper_results"],
     output:
-        f"{RESULTS}/{{figure}}.png",
+        report(
+            f"{RESULTS}/{{figure}}.png",
+            caption="../report/figure.rst",
+            category="Figures",
+        ),
     log:
         f"{WORK}/logs/figure/{{figure}}.log",
     params:
