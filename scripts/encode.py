@@ -49,7 +49,7 @@ def main():
         batch_size=spec.batch_size,
         pooling=spec.pooling,
         l2_normalize=spec.l2_normalize,
-        dtype=spec.dtype,
+        dtype=spec.dtype_for(side),
         what=f"encode {args.side} {args.shard}/{args.num_shards}",
         resume_dir=args.resume_dir,
     )

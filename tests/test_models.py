@@ -74,3 +74,12 @@ def test_real_minilm_loads_and_pools(minilm_path):
         ).last_hidden_state
     emb = pool(hidden, enc["attention_mask"], "mean")
     assert emb.shape == (2, 384)
+
+
+def test_query_dtype_defaults_to_dtype():
+    spec = ModelSpec(name="m", source="x", dtype="bf16")
+    assert spec.dtype_for("query") == spec.dtype_for("passage") == "bf16"
+    mixed = ModelSpec(name="m", source="x", dtype="bf16", query_dtype="fp32")
+    assert mixed.dtype_for("query") == "fp32" and mixed.dtype_for("passage") == "bf16"
+    with pytest.raises(InputError, match="query_dtype must be one of"):
+        ModelSpec(name="m", source="x", query_dtype="int8")

@@ -200,5 +200,5 @@ def embedding_meta(spec: ModelSpec, side: str) -> dict:
         "max_length": spec.max_query_length if side == "query" else spec.max_passage_length,
         "lowercase": spec.lowercase,
         "normalize_text": spec.normalize_text,
-        "dtype": spec.dtype,
+        "dtype": spec.dtype_for(side),
     }

@@ -40,6 +40,7 @@ class ModelSpec:
     query_prefix: str = ""
     passage_prefix: str = ""
     dtype: str = "fp32"
+    query_dtype: str | None = None
     batch_size: int = 128
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -52,8 +53,10 @@ class ModelSpec:
                 f"{where}: score_function must be one of {SCORE_FUNCTIONS}, "
                 f"got {self.score_function!r}"
             )
-        if self.dtype not in DTYPES:
-            raise InputError(f"{where}: dtype must be one of {DTYPES}, got {self.dtype!r}")
+        for key in ("dtype", "query_dtype"):
+            value = getattr(self, key)
+            if value is not None and value not in DTYPES:
+                raise InputError(f"{where}: {key} must be one of {DTYPES}, got {value!r}")
         for key in ("max_query_length", "max_passage_length", "batch_size"):
             if int(getattr(self, key)) <= 0:
                 raise InputError(f"{where}: {key} must be positive")
@@ -62,6 +65,13 @@ class ModelSpec:
     def l2_normalize(self) -> bool:
         """cos_sim is a dot product between unit vectors, so normalise once at encoding."""
         return self.normalize or self.score_function == "cos_sim"
+
+    def dtype_for(self, side: str) -> str:
+        """Precision of one side: queries may stay fp32 (they are few and cheap) while
+        the corpus, where the time goes, runs in bf16/fp16."""
+        if side == "query" and self.query_dtype is not None:
+            return self.query_dtype
+        return self.dtype
 
     @classmethod
     def from_config(cls, name: str, cfg: dict[str, Any], source: str | None = None) -> ModelSpec:
