@@ -52,6 +52,9 @@ def main():
         dtype=spec.dtype_for(side),
         what=f"encode {args.side} {args.shard}/{args.num_shards}",
         resume_dir=args.resume_dir,
+        resume_key=json.dumps(
+            [spec.to_dict(), str(args.input), args.shard, args.num_shards], sort_keys=True
+        ),
     )
     meta = enc.embedding_meta(spec, side)
     meta.update(shard=args.shard, num_shards=args.num_shards, device=device)

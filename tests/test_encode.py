@@ -88,3 +88,11 @@ def test_passage_and_query_texts_follow_the_spec():
     assert enc.passage_texts(corpus, spec) == ["t body", "only"]
     queries = pd.DataFrame({"query_id": ["q"], "text": ["Hello"]})
     assert enc.query_texts(queries, spec) == ["query: hello"]
+
+
+def test_chunks_from_another_configuration_are_discarded(minilm, tmp_path):
+    first = _encode(minilm, TEXTS, resume_dir=tmp_path, resume_key="model-a", chunk_size=2)
+    stale = sorted(tmp_path.glob("chunk-*.npy"))[0]
+    np.save(stale, np.zeros_like(np.load(stale)))  # poison: would show up if reused
+    again = _encode(minilm, TEXTS, resume_dir=tmp_path, resume_key="model-b", chunk_size=2)
+    np.testing.assert_allclose(first, again, atol=1e-6)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -106,12 +107,15 @@ def encode_texts(
     dtype: str = "fp32",
     what: str = "encode",
     resume_dir: str | Path | None = None,
+    resume_key: str = "",
     chunk_size: int = 50_000,
 ) -> np.ndarray:
     """Embed `texts` (returned in input order, float32).
 
     With `resume_dir`, the length-sorted texts are processed in chunks of `chunk_size`
     and each finished chunk is saved there, so a killed job restarts from the last one.
+    `resume_key` identifies what produced the chunks (model settings, input); chunks
+    left by anything else are discarded rather than silently mixed in.
     """
     n = len(texts)
     order = sorted(range(n), key=lambda i: (-len(texts[i]), i))
@@ -130,7 +134,13 @@ def encode_texts(
         sorted_emb = _encode_sorted(sorted_texts, progress=progress, **kwargs)
     else:
         resume_dir = Path(resume_dir)
+        key = f"{resume_key}|n={n}|chunk={chunk_size}|max_length={max_length}|dtype={dtype}"
+        key_file = resume_dir / "resume_key.txt"
+        if resume_dir.exists() and (not key_file.exists() or key_file.read_text() != key):
+            log.info("%s: discarding chunks from a different configuration", what)
+            shutil.rmtree(resume_dir)
         resume_dir.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(key)
         parts = []
         for c, start in enumerate(range(0, n, chunk_size)):
             chunk_file = resume_dir / f"chunk-{c:05d}-{start}-{min(n, start + chunk_size)}.npy"

@@ -35,17 +35,17 @@ wildcard_constraints:
     figure=r"figure\d+[a-z]?",
 
 
-def res(rule_name, key):
-    """Resource `key` of a rule from config.resources (default block as fallback)."""
+def res(rule_name, key, fallback=None):
+    """Resource `key` of a rule from config.resources (its `default` block as fallback)."""
     table = config.get("resources", {})
-    return table.get(rule_name, {}).get(key, table.get("default", {}).get(key, 0))
+    return table.get(rule_name, {}).get(key, table.get("default", {}).get(key, fallback))
 
 
 def rule_resources(rule_name):
-    return {
-        key: res(rule_name, key)
-        for key in ("gpu", "cpus_per_task", "mem_mb", "runtime")
-    }
+    """Only what the config sets: anything else comes from the profile's default-resources
+    (never a 0 that SLURM would read as "all the node's memory")."""
+    keys = ("gpu", "cpus_per_task", "mem_mb", "runtime")
+    return {k: v for k in keys if (v := res(rule_name, k)) is not None}
 
 
 def model_cfg(model):

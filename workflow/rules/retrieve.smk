@@ -11,7 +11,7 @@ rule encode_corpus:
         meta=f"{WORK}/embeddings/{{model}}/{{unit}}/corpus.{{shard}}-of-{{n}}.json",
     log:
         f"{WORK}/logs/encode_corpus/{{model}}/{{unit}}.{{shard}}-of-{{n}}.log",
-    threads: res("encode_corpus", "cpus_per_task")
+    threads: res("encode_corpus", "cpus_per_task", 1)
     resources:
         **rule_resources("encode_corpus"),
     params:
@@ -38,7 +38,7 @@ rule encode_queries:
         meta=f"{WORK}/embeddings/{{model}}/{{unit}}/queries.json",
     log:
         f"{WORK}/logs/encode_queries/{{model}}/{{unit}}.log",
-    threads: res("encode_queries", "cpus_per_task")
+    threads: res("encode_queries", "cpus_per_task", 1)
     resources:
         **rule_resources("encode_queries"),
     params:
@@ -62,7 +62,7 @@ rule search:
         trec=f"{WORK}/runs/dense/{{model}}/{{unit}}.trec",
     log:
         f"{WORK}/logs/search/{{model}}/{{unit}}.log",
-    threads: res("search", "cpus_per_task")
+    threads: res("search", "cpus_per_task", 1)
     resources:
         **rule_resources("search"),
     params:
@@ -93,7 +93,7 @@ rule bm25:
         trec=f"{WORK}/runs/bm25/{{model}}/{{unit}}.trec",
     log:
         f"{WORK}/logs/bm25/{{model}}/{{unit}}.log",
-    threads: res("bm25", "cpus_per_task")
+    threads: res("bm25", "cpus_per_task", 1)
     resources:
         **rule_resources("bm25"),
     params:
