@@ -2,14 +2,10 @@
 
 import argparse
 import json
-import logging
 
 from contriever_repro import bm25
-from contriever_repro.cli import run_main, set_threads
-from contriever_repro.io import read_table, write_table
-from contriever_repro.search import write_trec
-
-log = logging.getLogger("bm25")
+from contriever_repro.cli import add_run_args, run_main, set_threads, write_run
+from contriever_repro.io import read_table
 
 
 def main():
@@ -17,13 +13,7 @@ def main():
     ap.add_argument("--spec", required=True, help="config.models entry of type bm25 (JSON)")
     ap.add_argument("--corpus", required=True)
     ap.add_argument("--queries", required=True)
-    ap.add_argument("--top-k", type=int, default=1000)
-    ap.add_argument("--drop-identical-ids", dest="drop", action="store_true", default=True)
-    ap.add_argument("--keep-identical-ids", dest="drop", action="store_false")
-    ap.add_argument("--tag", default="bm25")
-    ap.add_argument("--run", required=True)
-    ap.add_argument("--trec", required=True)
-    ap.add_argument("--threads", type=int, default=None)
+    add_run_args(ap)
     args = ap.parse_args()
     set_threads(args.threads)
 
@@ -39,9 +29,7 @@ def main():
         stopwords=spec.get("stopwords", bm25.DEFAULT_STOPWORDS),
         drop_identical_ids=args.drop,
     )
-    log.info("run: %d queries, %d hits", run["query_id"].nunique(), len(run))
-    write_table(run, args.run, "run")
-    write_trec(run, args.trec, args.tag)
+    write_run(run, args.run, args.trec, args.tag)
 
 
 if __name__ == "__main__":

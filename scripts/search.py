@@ -3,11 +3,10 @@
 import argparse
 import logging
 
-from contriever_repro.cli import run_main, set_threads
+from contriever_repro.cli import add_run_args, run_main, set_threads, write_run
 from contriever_repro.encode import load_embeddings
 from contriever_repro.errors import InputError
-from contriever_repro.io import write_table
-from contriever_repro.search import exact_search, write_trec
+from contriever_repro.search import exact_search
 
 log = logging.getLogger("search")
 
@@ -18,13 +17,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--queries", required=True, help="query embedding prefix")
     ap.add_argument("--shard", action="append", required=True, help="corpus shard prefix")
-    ap.add_argument("--top-k", type=int, default=1000)
-    ap.add_argument("--drop-identical-ids", dest="drop", action="store_true", default=True)
-    ap.add_argument("--keep-identical-ids", dest="drop", action="store_false")
-    ap.add_argument("--tag", default="run")
-    ap.add_argument("--run", required=True)
-    ap.add_argument("--trec", required=True)
-    ap.add_argument("--threads", type=int, default=None)
+    add_run_args(ap)
     args = ap.parse_args()
     set_threads(args.threads)
 
@@ -44,9 +37,7 @@ def main():
             yield ids, emb
 
     run = exact_search(qids, qemb, shards(), top_k=args.top_k, drop_identical_ids=args.drop)
-    log.info("run: %d queries, %d hits", run["query_id"].nunique(), len(run))
-    write_table(run, args.run, "run")
-    write_trec(run, args.trec, args.tag)
+    write_run(run, args.run, args.trec, args.tag)
 
 
 if __name__ == "__main__":

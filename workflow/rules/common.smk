@@ -15,6 +15,12 @@ from contriever_repro import plan  # noqa: E402
 WORK = config["work_dir"]
 RESULTS = config["results_dir"]
 PY = sys.executable
+# Drop hits whose doc id equals the query id (beir's convention) in search and scoring.
+IDENTICAL_IDS = (
+    "--drop-identical-ids"
+    if config["evaluation"]["ignore_identical_ids"]
+    else "--keep-identical-ids"
+)
 SCRIPTS = str(Path(workflow.basedir) / "scripts")
 
 with open(config["beir_catalog"]) as fh:
@@ -38,7 +44,9 @@ wildcard_constraints:
 def res(rule_name, key, fallback=None):
     """Resource `key` of a rule from config.resources (its `default` block as fallback)."""
     table = config.get("resources", {})
-    return table.get(rule_name, {}).get(key, table.get("default", {}).get(key, fallback))
+    return table.get(rule_name, {}).get(
+        key, table.get("default", {}).get(key, fallback)
+    )
 
 
 def rule_resources(rule_name):
@@ -91,11 +99,6 @@ def run_path(model, unit):
 
 def dataset_metrics(model, dataset):
     return f"{WORK}/metrics/{model}/datasets/{dataset}.parquet"
-
-
-def spec_hash(*keys):
-    """Hash of the config parts a job depends on (recorded in every result row)."""
-    return plan.stable_hash([config.get(k) for k in keys])
 
 
 def table_inputs(kind, name):

@@ -24,11 +24,7 @@ rule evaluate:
                 config["evaluation"],
             ]
         ),
-        identical=lambda wc: (
-            "--drop-identical-ids"
-            if config["evaluation"]["ignore_identical_ids"]
-            else "--keep-identical-ids"
-        ),
+        identical=IDENTICAL_IDS,
     shell:
         "{params.py} {params.script} --run {input.run:q} --qrels {input.qrels:q} "
         "--model {wildcards.model} --dataset {params.dataset} --unit {wildcards.unit} "

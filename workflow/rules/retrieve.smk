@@ -69,11 +69,7 @@ rule search:
         py=PY,
         script=f"{SCRIPTS}/search.py",
         top_k=config["evaluation"]["top_k"],
-        identical=lambda wc: (
-            "--drop-identical-ids"
-            if config["evaluation"]["ignore_identical_ids"]
-            else "--keep-identical-ids"
-        ),
+        identical=IDENTICAL_IDS,
         shard_args=lambda wc, input: " ".join(
             f"--shard {s[: -len('.npy')]}" for s in input.shards
         ),
@@ -101,11 +97,7 @@ rule bm25:
         script=f"{SCRIPTS}/bm25.py",
         spec=lambda wc: json.dumps(model_cfg(wc.model), sort_keys=True),
         top_k=config["evaluation"]["top_k"],
-        identical=lambda wc: (
-            "--drop-identical-ids"
-            if config["evaluation"]["ignore_identical_ids"]
-            else "--keep-identical-ids"
-        ),
+        identical=IDENTICAL_IDS,
     shell:
         "{params.py} {params.script} --spec {params.spec:q} --corpus {input.corpus:q} "
         "--queries {input.queries:q} --top-k {params.top_k} {params.identical} "
