@@ -234,9 +234,12 @@ class MoCo(nn.Module):
         k_ids: torch.Tensor,
         k_mask: torch.Tensor,
         update: bool = True,
+        momentum_step: bool = True,
     ) -> tuple[torch.Tensor, Stats]:
         """One training step's loss; `update=False` leaves key encoder and queue untouched
-        (for a validation loss)."""
+        (for a validation loss). With gradient accumulation, pass `momentum_step=False`
+        for all but the first micro-batch of an optimiser step: θ_q has not changed since,
+        so a second EMA step would only pull θ_k further towards the same θ_q."""
         if q_ids.shape[0] != k_ids.shape[0]:
             raise InputError(
                 f"MoCo needs one key view per query view, got {q_ids.shape[0]} queries "
@@ -249,7 +252,7 @@ class MoCo(nn.Module):
 
         q = self.encoder_q(q_ids, q_mask, normalize=self.norm_query)
         with torch.no_grad():
-            if update:
+            if update and momentum_step:
                 self.momentum_update()
             k = self.encoder_k(k_ids, k_mask, normalize=self.norm_doc)
 
