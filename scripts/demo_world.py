@@ -5,7 +5,11 @@ import json
 from pathlib import Path
 
 from contriever_repro.cli import run_main
-from contriever_repro.demo_world import generate_demo_datasets, generate_pretraining_corpus
+from contriever_repro.demo_world import (
+    generate_demo_datasets,
+    generate_pretraining_corpus,
+    make_world,
+)
 from contriever_repro.io import atomic_dir
 
 
@@ -21,6 +25,15 @@ def main():
         generate_demo_datasets(tmp, spec["datasets"], seed, world)
         lines = int(spec.get("pretraining_lines", 5000))
         generate_pretraining_corpus(Path(tmp) / "pretraining" / "text.txt", lines, seed, world)
+        # Named unlabelled streams (e.g. a Wikipedia-like and a web-like one) for the
+        # pre-training data ablation; each is its own document stream of the same world.
+        for name, stream in spec.get("pretraining_streams", {}).items():
+            make_world(seed, world).write_pretraining_text(
+                Path(tmp) / "pretraining" / f"{name}.txt",
+                int(stream["lines"]),
+                doc_words=tuple(stream.get("doc_words", (40, 150))),
+                stream=f"pretraining-{name}",
+            )
 
 
 if __name__ == "__main__":

@@ -15,13 +15,26 @@ def main():
     ap.add_argument("--label", default="")
     ap.add_argument("--metrics", nargs="*", default=[])
     ap.add_argument("--out", required=True)
+    ap.add_argument("--csv", default=None, help="optional: also write the plotted numbers")
     args = ap.parse_args()
 
+    spec = json.loads(args.spec)
     paper = tables.load_paper_results(args.paper)
     metrics = tables.read_metrics(args.metrics)
-    figures.figure1(
-        metrics, json.loads(args.spec), args.out, paper=paper, label=args.label, name=args.name
-    )
+    if figures.figure_kind(args.name, spec) == "queue_sweep":
+        figures.queue_sweep_figure(
+            metrics, spec, args.out, out_csv=args.csv, label=args.label, name=args.name
+        )
+    else:
+        figures.figure1(
+            metrics,
+            spec,
+            args.out,
+            paper=paper,
+            label=args.label,
+            name=args.name,
+            out_csv=args.csv,
+        )
 
 
 if __name__ == "__main__":

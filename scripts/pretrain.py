@@ -50,7 +50,10 @@ def main():
     cfg = PretrainConfig.from_dict(args.name, json.loads(args.experiment))
     deadline = None
     if args.time_limit_min:
-        deadline = time.time() + 60 * max(args.time_limit_min - args.stop_margin_min, 1.0)
+        # Leave the margin for the final checkpoint; a job too short for the margin
+        # still stops at half its time, so every restart makes progress.
+        limit, margin = args.time_limit_min, args.stop_margin_min
+        deadline = time.time() + 60 * (limit - margin if limit > 2 * margin else limit / 2)
     try:
         summary = pretrain(
             cfg,

@@ -68,6 +68,67 @@ def test_check_references_names_the_key():
         check_references(cfg)
 
 
+SWEEP = {
+    "kind": "queue_sweep",
+    "metric": "ndcg@10",
+    "datasets": ["a", "b"],
+    "series": [
+        {"name": "no FT", "points": [{"x": 2048, "model": "q2k"}, {"x": 8192, "model": "q8k"}]},
+        {"name": "FT", "points": [{"x": 2048, "model": "q2k-ft"}]},
+    ],
+}
+
+
+def test_table_cells_of_a_queue_sweep_are_every_point_on_every_dataset():
+    assert table_cells(SWEEP) == [
+        ("q2k", "a"),
+        ("q2k", "b"),
+        ("q8k", "a"),
+        ("q8k", "b"),
+        ("q2k-ft", "a"),
+        ("q2k-ft", "b"),
+    ]
+    # Malformed series are left to the figure's own validation, not a crash here.
+    assert table_cells({**SWEEP, "series": [None, {"points": None}, {"points": [3]}]}) == []
+
+
+def test_check_references_names_the_sweep_point():
+    cfg = {
+        "models": {"q2k": {}, "q8k": {}},
+        "datasets": {"a": {}, "b": {}},
+        "figures": {"figure2": SWEEP},
+    }
+    with pytest.raises(
+        InputError, match=r"figures.figure2.series\[1\].points\[0\]: model 'q2k-ft'"
+    ):
+        check_references(cfg)
+    cfg["models"]["q2k-ft"] = {}
+    check_references(cfg)
+    cfg["figures"]["figure2"] = {**SWEEP, "datasets": ["a", "zz"]}
+    with pytest.raises(InputError, match="figures.figure2.datasets: 'zz'"):
+        check_references(cfg)
+
+
 def test_stable_hash_changes_with_content_only():
     assert stable_hash({"a": 1, "b": 2}) == stable_hash({"b": 2, "a": 1})
     assert stable_hash({"a": 1}) != stable_hash({"a": 2})
+
+
+def test_pretraining_experiments_are_checked_against_corpora_and_tokenizers():
+    from contriever_repro.errors import InputError
+    from contriever_repro.plan import check_pretraining, pretrain_config
+
+    config = {
+        "pretraining_corpora": {"wiki": {"kind": "text", "path": "x.txt"}},
+        "tokenizers": {"bert": {"source": "bert-base-uncased"}},
+        "pretraining": {"ok": {"sources": ["wiki"], "tokenizer": "bert"}},
+    }
+    assert pretrain_config(config, "ok").sources == ("wiki",)
+    config["pretraining"]["bad"] = {"sources": ["wiki", "ccnet"], "tokenizer": "bert"}
+    with pytest.raises(InputError, match=r"pretraining\.bad\.sources: 'ccnet' is not defined"):
+        check_pretraining(config)
+    config["pretraining"]["bad"] = {"sources": ["wiki"], "tokenizer": "mbert"}
+    with pytest.raises(InputError, match=r"pretraining\.bad\.tokenizer: 'mbert'"):
+        check_pretraining(config)
+    with pytest.raises(InputError, match=r"pretraining\.nope: not defined"):
+        pretrain_config(config, "nope")

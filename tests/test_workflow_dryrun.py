@@ -147,3 +147,41 @@ def test_unknown_model_in_a_table_is_named(tmp_path: Path):
     )
     assert proc.returncode != 0
     assert "models.nope" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("target", "experiments"),
+    [
+        ("results/table6.csv", {"ablation-moco", "ablation-inbatch"}),
+        (
+            "results/table7.csv",
+            {"ablation-ict", "ablation-crop", "ablation-crop-delete", "ablation-crop-replace"},
+        ),
+        (
+            "results/table8.csv",
+            {"ablation-crop", "ablation-ccnet", "ablation-uniform", "ablation-5050"},
+        ),
+        ("results/table11b.csv", {"contriever"}),
+        (
+            "results/figure2.png",
+            {"ablation-crop-delete"} | {f"ablation-queue-{2**k}" for k in range(11, 17)},
+        ),
+    ],
+)
+def test_pretraining_targets_show_the_whole_dag(fake_slurm, target, experiments):
+    proc = snakemake(
+        "-n", "--profile", "slurm", target, "--nolock", cwd=ROOT, env={"PATH": fake_slurm["PATH"]}
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    out = proc.stdout + proc.stderr
+    jobs = _jobs(out)
+    assert {j["wildcards"]["name"] for j in jobs["pretrain"]} == experiments
+    # corpus download -> text -> 128 pieces -> one tokenisation job per piece
+    assert {"download_corpus", "prepare_corpus", "split_corpus"} <= set(jobs)
+    corpora = {j["wildcards"]["corpus"] for j in jobs["split_corpus"]}
+    assert len(jobs["tokenize_piece"]) == 128 * len(corpora)
+    for job in jobs["pretrain"]:
+        res = job["resources"]
+        assert res["nodes"] == "4" and res["gres"] == "gpu:8" and res["runtime"] == "4320"
+    assert "srun --overlap --nodes 4 --ntasks-per-node 1" in out
+    assert "-m torch.distributed.run --nnodes 4 --nproc-per-node 8" in out

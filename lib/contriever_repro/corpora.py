@@ -27,12 +27,12 @@ is an error rather than an empty file.
 from __future__ import annotations
 
 import bz2
+import collections
 import gzip
 import itertools
 import logging
 import lzma
 import multiprocessing
-import os
 import re
 import time
 import xml.etree.ElementTree as ET
@@ -89,6 +89,11 @@ _DROP_TAGS = frozenset(
 )
 _DROP_LINK_PREFIXES = ("file:", "image:", "category:")
 _BEHAVIOR_SWITCH = re.compile(r"__[A-Z]+__")
+# mwparserfromhell leaves a tag as text when its attributes span lines (`<ref\nname=x/>`),
+# which MediaWiki accepts, so references are also removed by regex before parsing;
+# self-closing ones first, so a paired match can never start at one.
+_REF_SELF_CLOSING = re.compile(r"<ref(?:\s[^>]*)?/>", re.IGNORECASE)
+_REF_PAIRED = re.compile(r"<ref(?:\s[^>]*)?>.*?</ref\s*>", re.IGNORECASE | re.DOTALL)
 _STREAMS_PER_TASK = 10  # multistream dumps hold 100 pages per bz2 stream
 _PAGES_PER_TASK = 500  # sequential path: pages handed to a worker at once
 _LOG_EVERY_S = 10.0
@@ -122,7 +127,9 @@ class _Ticker:
             f"elapsed {fmt_seconds(elapsed)}"
         )
         if self.total and rate > 0:
-            line += f", {100.0 * done / self.total:.1f}% ETA {fmt_seconds((self.total - done) / rate)}"
+            line += (
+                f", {100.0 * done / self.total:.1f}% ETA {fmt_seconds((self.total - done) / rate)}"
+            )
         self.log(line)
 
 
@@ -137,6 +144,7 @@ def clean_wikitext(wikitext: str) -> str:
     """
     import mwparserfromhell
 
+    wikitext = _REF_PAIRED.sub("", _REF_SELF_CLOSING.sub("", wikitext))
     code = mwparserfromhell.parse(wikitext)
     _prune(code, top=True)
     text = code.strip_code(normalize=True, collapse=True)
@@ -145,7 +153,15 @@ def clean_wikitext(wikitext: str) -> str:
 
 def _prune(code, top: bool = False) -> None:
     """Drop non-prose nodes in place, one linear pass per node list."""
-    from mwparserfromhell.nodes import Comment, ExternalLink, Heading, Tag, Template, Wikilink
+    from mwparserfromhell.nodes import (
+        Comment,
+        ExternalLink,
+        Heading,
+        Tag,
+        Template,
+        Text,
+        Wikilink,
+    )
 
     kept = []
     for node in code.nodes:
@@ -158,7 +174,11 @@ def _prune(code, top: bool = False) -> None:
         if isinstance(node, (Template, Comment)):
             continue
         if isinstance(node, Tag):
-            if str(node.tag).strip().lower() in _DROP_TAGS:
+            tag = str(node.tag).strip().lower()
+            if tag in _DROP_TAGS:
+                continue
+            if tag == "br":  # a line break separates words; strip_code would glue them
+                kept.append(Text(" "))
                 continue
             if node.contents is not None:
                 _prune(node.contents)
@@ -262,7 +282,9 @@ def _pages_from_fragment(xml: bytes, dump: str, offset: int) -> list[_Page]:
     return [_page_from_element(e) for e in root if _local(e.tag) == "page"]
 
 
-def read_multistream_index(index: str | Path, dump_size: int | None = None) -> tuple[list[int], int]:
+def read_multistream_index(
+    index: str | Path, dump_size: int | None = None
+) -> tuple[list[int], int]:
     """Stream start offsets (in dump order) and the number of pages listed.
 
     Lines are `offset:page_id:title` (titles may contain colons); consecutive lines
@@ -323,6 +345,22 @@ def _iter_dump_pages(dump: Path) -> Iterator[_Page]:
         raise InputError(f"cannot decompress or read the dump ({err})", dump) from None
 
 
+def _ordered_map(pool, func: Callable, tasks: Iterable, window: int) -> Iterator:
+    """`pool.imap` with back-pressure: at most `window` tasks in flight, results in order.
+
+    `Pool.imap` drains its task iterator eagerly in a background thread; on the
+    sequential path the tasks hold page text, so that would pull the whole dump
+    (~90 GB of XML for enwiki) into memory whenever the workers fall behind.
+    """
+    pending: collections.deque = collections.deque()
+    for task in tasks:
+        pending.append(pool.apply_async(func, (task,)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
     it = iter(items)
     while chunk := list(itertools.islice(it, size)):
@@ -369,7 +407,7 @@ def wikipedia_to_lines(
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
         pool = multiprocessing.Pool(processes) if processes > 1 else None
         try:
-            results = pool.imap(func, tasks) if pool else map(func, tasks)
+            results = _ordered_map(pool, func, tasks, 4 * processes) if pool else map(func, tasks)
             for lines, counts in results:
                 for line in lines:
                     f.write(line + "\n")
@@ -526,6 +564,3 @@ __all__ = [
     "text_to_lines",
     "wikipedia_to_lines",
 ]
-
-# Keep `os` for callers that monkeypatch cpu counts in tests of the CLI defaults.
-_ = os

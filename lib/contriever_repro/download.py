@@ -366,3 +366,16 @@ def zip_root(zip_path: str | Path) -> str | None:
     if len(tops) == 1 and all("/" in n for n in names):
         return tops.pop()
     return None
+
+
+def md5_from_listing(listing: str, filename: str, source: str = "checksum listing") -> str:
+    """The md5 of `filename` in an `md5sum`-style listing (`<md5>  <name>` per line), as
+    Wikimedia publishes next to every dump (`<wiki>-<date>-md5sums.txt`)."""
+    for lineno, line in enumerate(listing.splitlines(), 1):
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("*") == filename:
+            digest = parts[0].lower()
+            if len(digest) != 32 or any(c not in "0123456789abcdef" for c in digest):
+                raise InputError(f"not an md5 for {filename}: {parts[0]!r}", source, lineno)
+            return digest
+    raise InputError(f"lists no md5 for {filename}", source)

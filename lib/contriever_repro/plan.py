@@ -83,11 +83,17 @@ def workflow_model_name(source: str) -> str | None:
 
 
 def table_cells(table: dict) -> list[tuple[str, str]]:
-    """(model, dataset) pairs whose metrics a table or figure needs computed."""
+    """(model, dataset) pairs whose metrics a table or figure needs computed: every
+    computed column, and every point of a queue-sweep figure's series, on every data set."""
     pairs = []
-    for col in table.get("columns", []):
+    datasets = table.get("datasets") or []
+    for col in table.get("columns") or []:
         if col.get("model"):
-            pairs.extend((col["model"], ds) for ds in table.get("datasets", []))
+            pairs.extend((col["model"], ds) for ds in datasets)
+    for series in table.get("series") or []:
+        for point in (series.get("points") if isinstance(series, dict) else None) or []:
+            if isinstance(point, dict) and point.get("model"):
+                pairs.extend((point["model"], ds) for ds in datasets)
     return pairs
 
 
@@ -135,3 +141,43 @@ def check_references(config: dict) -> None:
                         f"{where}.columns[{i}]: model '{model}' is not defined under models "
                         f"(models.{model} missing; known: {sorted(models)})"
                     )
+            for i, series in enumerate(spec.get("series") or []):
+                points = series.get("points") if isinstance(series, dict) else None
+                for j, point in enumerate(points or []):
+                    model = point.get("model") if isinstance(point, dict) else None
+                    if model and model not in models:
+                        raise InputError(
+                            f"{where}.series[{i}].points[{j}]: model '{model}' is not defined "
+                            f"under models (models.{model} missing; known: {sorted(models)})"
+                        )
+
+
+def pretrain_config(config: dict, name: str):
+    """The typed experiment `pretraining.<name>`, checked against the rest of the config:
+    its sources must be configured corpora, its tokenizer a configured tokenizer."""
+    from .pretrain_config import PretrainConfig
+
+    experiments = config.get("pretraining") or {}
+    if name not in experiments:
+        raise InputError(f"pretraining.{name}: not defined (known: {sorted(experiments)})")
+    cfg = PretrainConfig.from_dict(name, experiments[name])
+    corpora = config.get("pretraining_corpora") or {}
+    for src in cfg.sources:
+        if src not in corpora:
+            raise InputError(
+                f"pretraining.{name}.sources: '{src}' is not defined under pretraining_corpora "
+                f"(known: {sorted(corpora)})"
+            )
+    tokenizers = config.get("tokenizers") or {}
+    if cfg.tokenizer not in tokenizers:
+        raise InputError(
+            f"pretraining.{name}.tokenizer: '{cfg.tokenizer}' is not defined under tokenizers "
+            f"(known: {sorted(tokenizers)})"
+        )
+    return cfg
+
+
+def check_pretraining(config: dict) -> None:
+    """Validate every experiment at start-up, so a typo fails `snakemake -n`, not a job."""
+    for name in config.get("pretraining") or {}:
+        pretrain_config(config, name)

@@ -72,6 +72,7 @@ class PretrainConfig:
     precision: str = "fp32"
     seed: int = 0
     # launch (the workflow turns these into torchrun arguments and SLURM resources)
+    device: str = "cuda"
     nodes: int = 4
     gpus_per_node: int = 8
     num_workers: int = 5
@@ -117,6 +118,7 @@ class PretrainConfig:
             "view_method": METHODS,
             "augmentation": AUGMENTATIONS,
             "pooling": POOLINGS,
+            "device": ("cuda", "cpu"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -191,6 +193,7 @@ class PretrainConfig:
             "keep_last",
             "nodes",
             "gpus_per_node",
+            "device",
         }
         out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         out["sources"] = list(self.sources)

@@ -344,7 +344,7 @@ def pretrain(
     if resume not in ("auto", "require", "never"):
         raise ValueError(f"resume must be auto, require or never, got {resume!r}")
     run_dir = Path(run_dir)
-    env = setup_distributed(device)
+    env = setup_distributed(device or cfg.device)
 
     # ---- everything that can be wrong is checked before the model touches a GPU
     tokenizer = load_tokenizer(init)
@@ -466,7 +466,8 @@ def pretrain(
         np.round(sampler.probs, 4).tolist(),
     )
     keys = ("loss", "accuracy", "stdq", "stdk")
-    window = {k: 0.0 for k in (*keys, "data", "forward", "backward", "optimizer")}
+    window = {k: 0.0 for k in ("data", "forward", "backward", "optimizer")}
+    window_stats = torch.zeros(len(keys), device=env.device)
     window_steps, window_seqs, window_tokens = 0, 0, 0
     window_start = time.perf_counter()
     run_start, run_start_step = window_start, step
@@ -523,16 +524,15 @@ def pretrain(
             window["optimizer"] += time.perf_counter() - t4
             step += 1
             sampler.position = micro * cfg.batch_size_per_device
-            stats_mean = env.all_mean(stats_sum / accum).tolist()
-            for k, v in zip(keys, stats_mean, strict=True):
-                window[k] += v
+            window_stats += stats_sum / accum  # stays on the device: no sync per step
             window_steps += 1
 
             if step % cfg.log_every == 0 or step == end:
                 now = time.perf_counter()
                 elapsed = now - window_start
                 record = {"step": step, "lr": lr}
-                record.update({k: window[k] / window_steps for k in keys})
+                means = (env.all_mean(window_stats) / window_steps).tolist()
+                record.update(dict(zip(keys, means, strict=True)))
                 record.update(
                     {
                         "seq_per_s": window_seqs * env.world_size / elapsed,
@@ -550,6 +550,7 @@ def pretrain(
                     with open(run_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
                         fh.write(json.dumps(record) + "\n")
                 window = dict.fromkeys(window, 0.0)
+                window_stats.zero_()
                 window_steps, window_seqs, window_tokens = 0, 0, 0
                 window_start = time.perf_counter()
 

@@ -2,6 +2,7 @@
 # them (units, model kinds, table requirements) lives in lib/contriever_repro/plan.py.
 
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import yaml
 
 sys.path.insert(0, str(Path(workflow.basedir) / "lib"))
 
-from contriever_repro import plan  # noqa: E402
+from contriever_repro import launch, plan  # noqa: E402
 
 WORK = config["work_dir"]
 RESULTS = config["results_dir"]
@@ -27,6 +28,7 @@ with open(config["beir_catalog"]) as fh:
     BEIR_CATALOG = yaml.safe_load(fh)
 
 plan.check_references(config)
+plan.check_pretraining(config)
 DATASET_UNITS = plan.dataset_units(config, BEIR_CATALOG)
 UNITS = {u.name: u for units in DATASET_UNITS.values() for u in units}
 
@@ -147,5 +149,127 @@ def all_targets():
             f"{RESULTS}/{name}.md",
         ]
     for name in config.get("figures", {}):
-        out.append(f"{RESULTS}/{name}.png")
+        out += [f"{RESULTS}/{name}.png", f"{RESULTS}/{name}.csv"]
     return out
+
+
+# ------------------------------------------------------------ pre-training helpers
+
+CORPORA = config.get("pretraining_corpora") or {}
+TOKENIZERS = config.get("tokenizers") or {}
+PRETRAINING = config.get("pretraining") or {}
+
+
+def corpus_cfg(corpus):
+    return CORPORA[corpus]
+
+
+def corpus_urls(corpus):
+    """file name -> URL of every file a corpus downloads."""
+    cfg = corpus_cfg(corpus)
+    urls = [cfg["url"]] + ([cfg["index_url"]] if cfg.get("index_url") else [])
+    return {Path(u).name: u for u in urls}
+
+
+def corpus_raw(corpus):
+    """{"input": ..., "index": ...} files prepare_corpus reads."""
+    cfg = corpus_cfg(corpus)
+    kind = cfg["kind"]
+    if kind == "demo":
+        return {"input": f"{WORK}/raw/demo"}
+    if kind == "text":
+        return {}  # a local file, read in place
+    files = {"input": f"{WORK}/downloads/corpora/{corpus}/{Path(cfg['url']).name}"}
+    if cfg.get("index_url"):
+        files["index"] = (
+            f"{WORK}/downloads/corpora/{corpus}/{Path(cfg['index_url']).name}"
+        )
+    return files
+
+
+def corpus_prepare_args(wildcards, input):
+    cfg = corpus_cfg(wildcards.corpus)
+    kind = cfg["kind"]
+    if kind == "demo":
+        src = f"{input.input}/pretraining/{cfg['stream']}.txt"
+        kind = "text"
+    elif kind == "text":
+        src = cfg["path"]
+    else:
+        src = input.input
+    args = f"--kind {kind} --input {shlex.quote(src)}"
+    if "index" in input.keys():
+        args += f" --index {shlex.quote(input.index)}"
+    if cfg.get("unit"):
+        args += f" --unit {cfg['unit']}"
+    if cfg.get("min_chars") is not None:
+        args += f" --min-chars {cfg['min_chars']}"
+    return args
+
+
+def tokenizer_source(tok):
+    src = TOKENIZERS[tok]["source"]
+    built = plan.workflow_model_name(src)
+    return f"{WORK}/models/{built}" if built else src
+
+
+def tokenizer_input(tok):
+    built = plan.workflow_model_name(TOKENIZERS[tok]["source"])
+    return [f"{WORK}/models/{built}"] if built else []
+
+
+def shard_files(tok, corpus):
+    n = corpus_cfg(corpus).get("shards", 1)
+    width = max(3, len(str(n - 1)))
+    return [
+        f"{WORK}/tokens/{tok}/{corpus}/{corpus}.{i:0{width}d}.json" for i in range(n)
+    ]
+
+
+def experiment(name):
+    return plan.pretrain_config(config, name)
+
+
+def pretrain_inputs(name):
+    cfg = experiment(name)
+    files = [f for src in cfg.sources for f in shard_files(cfg.tokenizer, src)]
+    built = plan.workflow_model_name(cfg.init)
+    return files + ([f"{WORK}/models/{built}"] if built else [])
+
+
+def pretrain_init(name):
+    init = experiment(name).init
+    built = plan.workflow_model_name(init)
+    return f"{WORK}/models/{built}" if built else init
+
+
+def pretrain_sources(name):
+    cfg = experiment(name)
+    return " ".join(
+        shlex.quote(f"--source={src}={WORK}/tokens/{cfg.tokenizer}/{src}")
+        for src in cfg.sources
+    )
+
+
+def pretrain_launch(name):
+    cfg = experiment(name)
+    return launch.launch_prefix(PY, cfg.nodes, cfg.gpus_per_node)
+
+
+def pretrain_resources(name):
+    cfg = experiment(name)
+    out = launch.slurm_resources(
+        cfg.nodes, cfg.gpus_per_node, cfg.device, cfg.num_workers
+    )
+    # Only what config.resources.pretrain sets explicitly overrides the experiment's
+    # shape; memory and time fall back to the default block.
+    out.update(config.get("resources", {}).get("pretrain", {}))
+    for key in ("mem_mb", "runtime"):
+        if key not in out and res("pretrain", key) is not None:
+            out[key] = res("pretrain", key)
+    return out
+
+
+def time_limit_arg(wildcards, resources):
+    runtime = resources.get("runtime")
+    return f"--time-limit-min {runtime}" if runtime else ""

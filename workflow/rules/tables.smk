@@ -32,11 +32,12 @@ rule figure:
         metrics=lambda wc: table_inputs("figures", wc.figure),
         paper=config["paper_results"],
     output:
-        report(
+        png=report(
             f"{RESULTS}/{{figure}}.png",
             caption="../report/figure.rst",
             category="Figures",
         ),
+        csv=f"{RESULTS}/{{figure}}.csv",
     log:
         f"{WORK}/logs/figure/{{figure}}.log",
     params:
@@ -47,4 +48,4 @@ rule figure:
     shell:
         "{params.py} {params.script} --name {wildcards.figure} --spec {params.spec:q} "
         "--paper {input.paper:q} --label {params.label:q} --metrics {input.metrics:q} "
-        "--out {output:q} 2> {log:q}"
+        "--out {output.png:q} --csv {output.csv:q} 2> {log:q}"

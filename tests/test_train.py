@@ -1,0 +1,381 @@
+"""Pre-training end to end on the demo world: it learns, it resumes exactly, it refuses
+bad input before spending compute."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from contriever_repro.beir_format import load_beir_folder
+from contriever_repro.demo_world import generate_demo_datasets, generate_pretraining_corpus
+from contriever_repro.errors import InputError
+from contriever_repro.models import ModelSpec
+from contriever_repro.pretrain_config import PretrainConfig
+from contriever_repro.pretrain_data import tokenize_text_file
+from contriever_repro.quick_eval import dense_scores
+from contriever_repro.tiny_bert import build_tiny_bert
+from contriever_repro.train import PREEMPTED_EXIT_CODE, load_tokenizer, pretrain, read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "pretrain.py"
+
+# Demo hyper-parameters: a 2-layer, 64-dim BERT learns in a few hundred CPU steps with a
+# larger learning rate and temperature than BERT-base (its unnormalised embeddings have
+# a different scale); everything else is the Contriever recipe.
+DEMO = {
+    "tokenizer": "tiny",
+    "device": "cpu",
+    "sources": ["demo"],
+    "chunk_length": 128,
+    "queue_size": 1024,
+    "momentum": 0.99,
+    "temperature": 0.1,
+    "lr": 5e-4,
+    "warmup_steps": 10,
+    "batch_size_per_device": 64,
+    "nodes": 1,
+    "gpus_per_node": 1,
+    "num_workers": 0,
+    "log_every": 10,
+    "checkpoint_every": 1000,
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain_world")
+    text = generate_pretraining_corpus(root / "text.txt", 3000, seed=0)
+    model = root / "tiny"
+    build_tiny_bert(
+        text.read_text(encoding="utf-8").splitlines(),
+        model,
+        vocab_size=4000,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=128,
+        seed=0,
+    )
+    shards = root / "shards" / "demo"
+    shards.mkdir(parents=True)
+    tokenize_text_file(text, load_tokenizer(model), shards / "part-000")
+    generate_demo_datasets(
+        root / "beir",
+        {
+            "demo-scifact": {"n_docs": 600, "splits": {"test": 100}, "graded": True},
+            "demo-quora": {
+                "kind": "self_query",
+                "n_docs": 800,
+                "splits": {"test": 100},
+                "doc_style": "question",
+                "titles": False,
+            },
+        },
+        seed=0,
+    )
+    return {"root": root, "text": text, "model": model, "shards": shards}
+
+
+def config(name="demo", **overrides) -> PretrainConfig:
+    return PretrainConfig.from_dict(name, {**DEMO, **overrides})
+
+
+def ndcg(model_dir: Path, beir_root: Path, dataset: str) -> float:
+    spec = ModelSpec(name="m", source=str(model_dir), max_query_length=128, max_passage_length=256)
+    return dense_scores(spec, *load_beir_folder(beir_root / dataset, "test"))["NDCG@10"]
+
+
+# --------------------------------------------------------------------------- learning
+
+
+@pytest.mark.parametrize("objective", ["moco", "inbatch"])
+def test_pretraining_beats_random_init_on_demo_world(world, tmp_path, objective):
+    torch.set_num_threads(2)
+    out = tmp_path / "model"
+    # In-batch negatives need a softer temperature than MoCo to learn in 150 steps here.
+    cfg = config(objective=objective, steps=150, temperature=0.5 if objective == "inbatch" else 0.1)
+    summary = pretrain(cfg, world["model"], {"demo": world["shards"]}, tmp_path / "run", out)
+    assert summary["step"] == 150
+
+    curve = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in curve] == list(range(10, 151, 10))
+    assert curve[-1]["stdq"] > 0.01  # no collapse
+    for dataset in ("demo-scifact", "demo-quora"):
+        before = ndcg(world["model"], world["root"] / "beir", dataset)
+        after = ndcg(out, world["root"] / "beir", dataset)
+        assert after > before + 0.10, (objective, dataset, before, after)
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def _cli(world, run_dir, export, steps=12, workers=0, extra=()):
+    spec = {**DEMO, "steps": steps, "batch_size_per_device": 16, "num_workers": workers}
+    spec.update(log_every=1, checkpoint_every=4, warmup_steps=2)
+    cmd = [sys.executable, str(SCRIPT), "--name", "resume", "--experiment", json.dumps(spec)]
+    cmd += ["--init", str(world["model"]), "--source", f"demo={world['shards']}"]
+    cmd += ["--run-dir", str(run_dir), "--export", str(export), "--threads", "1", *extra]
+    return cmd
+
+
+def _run(cmd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib")}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+
+def _start(cmd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib")}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+def _wait_for_steps(run_dir: Path, proc, n: int, timeout: float = 120) -> None:
+    start = time.time()
+    while len(read_metrics(run_dir)) < n:
+        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+        assert time.time() - start < timeout
+        time.sleep(0.02)
+
+
+CURVE_KEYS = ("step", "loss", "accuracy", "stdq", "stdk", "lr")
+
+
+def _curve(run_dir):
+    return [{k: r[k] for k in CURVE_KEYS} for r in read_metrics(run_dir)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(world, tmp_path_factory):
+    base = tmp_path_factory.mktemp("uninterrupted")
+    done = _run(_cli(world, base / "run", base / "model"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"curve": _curve(base / "run"), "weights": load_file(base / "model/model.safetensors")}
+
+
+def _assert_same_run(reference, run_dir, model_dir):
+    assert _curve(run_dir) == reference["curve"]
+    weights = load_file(model_dir / "model.safetensors")
+    assert weights.keys() == reference["weights"].keys()
+    for key, value in weights.items():
+        assert torch.equal(value, reference["weights"][key]), key
+
+
+def test_killed_run_resumes_to_the_same_weights_and_loss_curve(world, tmp_path, uninterrupted):
+    run_dir, model = tmp_path / "run", tmp_path / "model"
+    kill_after = random.Random().randint(5, 10)  # any step must work
+    proc = _start(_cli(world, run_dir, model))
+    _wait_for_steps(run_dir, proc, kill_after)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not model.exists()
+    killed_at = len(read_metrics(run_dir))
+    assert killed_at < 12, "the run finished before it was killed"
+
+    # Resume with DataLoader workers this time: the data stream must not depend on them.
+    resumed = _run(_cli(world, run_dir, model, workers=2, extra=["--resume", "require"]))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    _assert_same_run(uninterrupted, run_dir, model)
+
+
+def test_sigterm_checkpoints_then_exits_75_and_the_rerun_continues(world, tmp_path, uninterrupted):
+    run_dir, model = tmp_path / "run", tmp_path / "model"
+    proc = _start(_cli(world, run_dir, model))
+    _wait_for_steps(run_dir, proc, 3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == PREEMPTED_EXIT_CODE, err.decode()[-3000:]
+    stopped_at = read_metrics(run_dir)[-1]["step"]
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    assert latest == f"step-{stopped_at:08d}"  # saved at the step it stopped, nothing lost
+    assert not model.exists()
+
+    resumed = _run(_cli(world, run_dir, model))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_run(uninterrupted, run_dir, model)
+
+
+def test_time_limit_stops_with_a_checkpoint(world, tmp_path):
+    cmd = _cli(world, tmp_path / "run", tmp_path / "model", steps=200)
+    cmd += ["--time-limit-min", "0.001", "--stop-margin-min", "0"]
+    result = _run(cmd)
+    assert result.returncode == PREEMPTED_EXIT_CODE, result.stderr[-3000:]
+    assert "time limit reached" in result.stderr
+    assert (tmp_path / "run" / "checkpoints" / "latest").exists()
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_unknown_key_and_bad_values_name_the_key():
+    with pytest.raises(InputError, match=r"pretraining\.x: unknown key\(s\) \['moco_queue'\]"):
+        PretrainConfig.from_dict("x", {"moco_queue": 131072})
+    with pytest.raises(InputError, match=r"pretraining\.x\.objective"):
+        PretrainConfig.from_dict("x", {"objective": "simclr"})
+    with pytest.raises(InputError, match=r"pretraining\.x\.steps: expected int"):
+        PretrainConfig.from_dict("x", {"steps": "500k"})
+    with pytest.raises(InputError, match=r"pretraining\.x\.warmup_steps"):
+        PretrainConfig.from_dict("x", {"steps": 10, "warmup_steps": 10})
+
+
+def test_paper_defaults_are_the_contriever_run():
+    cfg = PretrainConfig.from_dict("contriever", {})
+    assert cfg.global_batch() == 2048
+    assert (cfg.queue_size, cfg.momentum, cfg.temperature) == (131072, 0.9995, 0.05)
+    assert (cfg.lr, cfg.beta2, cfg.eps, cfg.weight_decay) == (5e-5, 0.98, 1e-6, 0.01)
+    assert (cfg.steps, cfg.warmup_steps, cfg.schedule) == (500000, 20000, "linear")
+    assert (cfg.ratio_min, cfg.ratio_max, cfg.augmentation) == (0.05, 0.5, "delete")
+    cfg.check_launch(32)
+
+
+def test_queue_not_multiple_of_global_batch_fails_before_training(world, tmp_path):
+    cfg = config(queue_size=1000, steps=20)
+    with pytest.raises(InputError, match=r"queue_size: .*1000 is not a multiple .* 64"):
+        pretrain(cfg, world["model"], {"demo": world["shards"]}, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_checkpoint_on_required_resume(world, tmp_path):
+    with pytest.raises(InputError, match="no checkpoint"):
+        pretrain(
+            config(steps=20), world["model"], {"demo": world["shards"]}, tmp_path, resume="require"
+        )
+
+
+def test_dangling_latest_pointer_is_an_error_not_a_fresh_start(world, tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "latest").write_text("step-00000100\n")
+    with pytest.raises(InputError, match="missing or incomplete"):
+        pretrain(config(steps=20), world["model"], {"demo": world["shards"]}, tmp_path)
+
+
+def test_resume_with_another_configuration_is_refused(world, tmp_path):
+    sources = {"demo": world["shards"]}
+    small = {"steps": 20, "batch_size_per_device": 8, "checkpoint_every": 2}
+    pretrain(config(**small), world["model"], sources, tmp_path, stop_at=2)
+    with pytest.raises(InputError, match=r"another configuration .*lr: 0.0005 -> 0.001"):
+        pretrain(config(**small, lr=1e-3), world["model"], sources, tmp_path)
+
+
+def test_tokenizer_mismatch_between_shards_and_model(world, tmp_path, minilm_path):
+    with pytest.raises(InputError, match="tokeni"):
+        pretrain(config(steps=20), minilm_path, {"demo": world["shards"]}, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_source_folder(world, tmp_path):
+    with pytest.raises(InputError, match="source 'demo'.*does not exist"):
+        pretrain(config(steps=20), world["model"], {"demo": tmp_path / "nope"}, tmp_path / "run")
+
+
+def test_empty_and_non_utf8_corpus_files_fail_at_tokenisation(world, tmp_path):
+    tokenizer = load_tokenizer(world["model"])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(InputError, match="empty.txt.*no text"):
+        tokenize_text_file(empty, tokenizer, tmp_path / "out" / "empty")
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine line\nbroken \xff line\n")
+    with pytest.raises(InputError, match=r"bad.txt:2: not valid UTF-8"):
+        tokenize_text_file(bad, tokenizer, tmp_path / "out" / "bad")
+    assert not any((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else True
+
+
+# --------------------------------------------------------------------------- real text
+
+
+@pytest.fixture(scope="module")
+def real_text(shared_data):
+    path = shared_data / "text" / "wikipedia-summaries" / "en.txt"
+    if not path.exists():
+        pytest.skip("../shared/data/text is not available")
+    return path
+
+
+def test_real_wikipedia_text_with_minilm(real_text, minilm_path, tmp_path):
+    """Tokenise real Wikipedia leads and multilingual sentences, and take a few MoCo steps
+    from the real all-MiniLM-L6-v2 encoder; its export reloads with AutoModel."""
+    from transformers import AutoModel
+
+    tokenizer = load_tokenizer(minilm_path)
+    sources = {}
+    for name, text in (
+        ("wiki", real_text),
+        ("leipzig-fr", real_text.parents[1] / "leipzig-sentences" / "fr.txt"),
+    ):
+        sources[name] = tmp_path / "shards" / name
+        meta = tokenize_text_file(text, tokenizer, sources[name] / "part-000", normalize=True)
+        assert meta["n_docs"] > 900 and meta["normalize"] is True
+    cfg = PretrainConfig.from_dict(
+        "minilm",
+        {
+            "tokenizer": "minilm",
+            "sources": ["wiki", "leipzig-fr"],
+            "batch_size_per_device": 8,
+            "queue_size": 64,
+            "steps": 3,
+            "warmup_steps": 1,
+            "nodes": 1,
+            "gpus_per_node": 1,
+            "num_workers": 0,
+            "device": "cpu",
+            "log_every": 1,
+        },
+    )
+    out = tmp_path / "model"
+    pretrain(cfg, minilm_path, sources, tmp_path / "run", out)
+    curve = read_metrics(tmp_path / "run")
+    # Step 1 scores real keys against the random unit-norm queue, which MiniLM's
+    # unnormalised positives beat by far (loss ~0); from step 2 the queue holds real keys.
+    assert len(curve) == 3 and all(r["stdq"] > 0 and r["loss"] >= 0 for r in curve)
+    assert curve[1]["loss"] > 1.0
+    reloaded = AutoModel.from_pretrained(out)
+    original = AutoModel.from_pretrained(minilm_path)
+    moved = [
+        k
+        for k, v in reloaded.state_dict().items()
+        if k in original.state_dict() and not torch.equal(v, original.state_dict()[k])
+    ]
+    assert len(moved) > 50  # trained weights, not the initialisation
+    assert json.loads((out / "pretraining.json").read_text())["step"] == 3
+
+
+def test_two_cpu_processes_under_torchrun(world, tmp_path):
+    """The distributed path (DDP, gathered keys, per-rank checkpoints) on 2 gloo processes."""
+    from contriever_repro.launch import launch_prefix
+    from contriever_repro.pretrain_data import split_text_file
+
+    tokenizer = load_tokenizer(world["model"])
+    shards = tmp_path / "shards"
+    for piece in split_text_file(world["text"], 2, tmp_path / "pieces"):
+        tokenize_text_file(piece, tokenizer, shards / piece.stem)
+    spec = {**DEMO, "steps": 4, "warmup_steps": 1, "batch_size_per_device": 8}
+    spec.update(queue_size=64, gpus_per_node=2, log_every=1, checkpoint_every=2)
+    cmd = launch_prefix(sys.executable, 1, 2).split() + [str(SCRIPT), "--name", "ddp"]
+    cmd += ["--experiment", json.dumps(spec), "--init", str(world["model"])]
+    cmd += ["--source", f"demo={shards}", "--run-dir", str(tmp_path / "run")]
+    cmd += ["--export", str(tmp_path / "model"), "--threads", "1"]
+    result = _run(cmd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1, 2, 3, 4]
+    final = tmp_path / "run" / "checkpoints" / "step-00000004"
+    assert json.loads((final / "meta.json").read_text())["world_size"] == 2
+    assert {p.name for p in final.iterdir()} >= {"state.pt", "rank-0.pt", "rank-1.pt"}
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    # The per-rank streams and RNG states cannot be mapped onto another world size.
+    with pytest.raises(InputError, match="written by 2 processes but this run has 1"):
+        pretrain(
+            PretrainConfig.from_dict("ddp", spec),
+            world["model"],
+            {"demo": shards},
+            tmp_path / "run",
+        )

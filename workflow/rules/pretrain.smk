@@ -1,0 +1,129 @@
+# Contrastive pre-training: corpora -> one document per line -> N pieces -> token shards
+# (one job per piece) -> training (one job, torchrun inside) -> HF folder models/{name}.
+# The run folder {WORK}/pretrain/{name} (checkpoints, metrics) is not a rule output, so
+# Snakemake never deletes it when a job fails: a retry resumes from its checkpoint.
+
+
+rule download_corpus:
+    output:
+        f"{WORK}/downloads/corpora/{{corpus}}/{{filename}}",
+    log:
+        f"{WORK}/logs/download_corpus/{{corpus}}/{{filename}}.log",
+    wildcard_constraints:
+        corpus="|".join(map(re.escape, CORPORA)) or "^$",
+        filename=r"[^/]+",
+    retries: 3
+    resources:
+        **rule_resources("download"),
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/download_file.py",
+        url=lambda wc: corpus_urls(wc.corpus)[wc.filename],
+        md5=lambda wc: (corpus_cfg(wc.corpus).get("md5s") or {}).get(wc.filename, ""),
+        checksums=lambda wc: corpus_cfg(wc.corpus).get("checksums_url", ""),
+        mirror=lambda wc: f"--mirror {config['mirror']}" if config.get("mirror") else "",
+    shell:
+        "{params.py} {params.script} --url {params.url:q} --md5 {params.md5:q} "
+        "--checksums-url {params.checksums:q} {params.mirror} --out {output:q} 2> {log:q}"
+
+
+rule prepare_corpus:
+    input:
+        unpack(lambda wc: corpus_raw(wc.corpus)),
+    output:
+        text=f"{WORK}/corpora/{{corpus}}/{{corpus}}.txt",
+        stats=f"{WORK}/corpora/{{corpus}}/stats.json",
+    log:
+        f"{WORK}/logs/prepare_corpus/{{corpus}}.log",
+    wildcard_constraints:
+        corpus="|".join(map(re.escape, CORPORA)) or "^$",
+    threads: 8
+    resources:
+        **rule_resources("prepare_corpus"),
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/prepare_corpus.py",
+        args=corpus_prepare_args,
+    shell:
+        "{params.py} {params.script} {params.args} --processes {threads} "
+        "--out {output.text:q} --stats {output.stats:q} 2> {log:q}"
+
+
+rule split_corpus:
+    input:
+        f"{WORK}/corpora/{{corpus}}/{{corpus}}.txt",
+    output:
+        directory(f"{WORK}/corpora/{{corpus}}/pieces"),
+    log:
+        f"{WORK}/logs/split_corpus/{{corpus}}.log",
+    wildcard_constraints:
+        corpus="|".join(map(re.escape, CORPORA)) or "^$",
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/split_corpus.py",
+        pieces=lambda wc: corpus_cfg(wc.corpus).get("shards", 1),
+    shell:
+        "{params.py} {params.script} --input {input:q} --pieces {params.pieces} "
+        "--out {output:q} 2> {log:q}"
+
+
+rule tokenize_piece:
+    input:
+        pieces=f"{WORK}/corpora/{{corpus}}/pieces",
+        tokenizer=lambda wc: tokenizer_input(wc.tok),
+    output:
+        meta=f"{WORK}/tokens/{{tok}}/{{corpus}}/{{corpus}}.{{piece}}.json",
+        tokens=f"{WORK}/tokens/{{tok}}/{{corpus}}/{{corpus}}.{{piece}}.tokens.npy",
+        offsets=f"{WORK}/tokens/{{tok}}/{{corpus}}/{{corpus}}.{{piece}}.offsets.npy",
+    log:
+        f"{WORK}/logs/tokenize/{{tok}}/{{corpus}}.{{piece}}.log",
+    wildcard_constraints:
+        corpus="|".join(map(re.escape, CORPORA)) or "^$",
+        tok="|".join(map(re.escape, TOKENIZERS)) or "^$",
+        piece=r"\d\d\d+",
+    resources:
+        **rule_resources("tokenize"),
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/tokenize_corpus.py",
+        text=lambda wc, input: f"{input.pieces}/{wc.corpus}.{wc.piece}.txt",
+        tokenizer=lambda wc: tokenizer_source(wc.tok),
+        prefix=lambda wc: f"{WORK}/tokens/{wc.tok}/{wc.corpus}/{wc.corpus}.{wc.piece}",
+        normalize=lambda wc: (
+            "--normalize" if TOKENIZERS[wc.tok].get("normalize_text") else ""
+        ),
+    shell:
+        "{params.py} {params.script} --text {params.text:q} --tokenizer {params.tokenizer:q} "
+        "--out-prefix {params.prefix:q} {params.normalize} 2> {log:q}"
+
+
+rule pretrain:
+    input:
+        lambda wc: pretrain_inputs(wc.name),
+    output:
+        directory(f"{WORK}/models/{{name}}"),
+    log:
+        f"{WORK}/logs/pretrain/{{name}}.log",
+    wildcard_constraints:
+        name="|".join(map(re.escape, PRETRAINING)) or "^$",
+    retries: max([plan.pretrain_config(config, n).max_restarts for n in PRETRAINING] or [0])
+    resources:
+        nodes=lambda wc: pretrain_resources(wc.name)["nodes"],
+        gpu=lambda wc: pretrain_resources(wc.name).get("gpu", 0),
+        gres=lambda wc: pretrain_resources(wc.name).get("gres", ""),
+        cpus_per_task=lambda wc: pretrain_resources(wc.name)["cpus_per_task"],
+        mem_mb=lambda wc: pretrain_resources(wc.name).get("mem_mb", 16000),
+        runtime=lambda wc: pretrain_resources(wc.name).get("runtime", 60),
+    params:
+        launch=lambda wc: pretrain_launch(wc.name),
+        script=f"{SCRIPTS}/pretrain.py",
+        experiment=lambda wc: json.dumps(PRETRAINING[wc.name] or {}, sort_keys=True),
+        init=lambda wc: pretrain_init(wc.name),
+        sources=lambda wc: pretrain_sources(wc.name),
+        run_dir=lambda wc: f"{WORK}/pretrain/{wc.name}",
+        time_limit=time_limit_arg,
+    shell:
+        # 2>> keeps the log of every attempt: a resumed run appends to it.
+        "{params.launch} {params.script} --name {wildcards.name} "
+        "--experiment {params.experiment:q} --init {params.init:q} {params.sources} "
+        "--run-dir {params.run_dir:q} --export {output:q} {params.time_limit} 2>> {log:q}"
