@@ -379,3 +379,18 @@ def test_two_cpu_processes_under_torchrun(world, tmp_path):
             {"demo": shards},
             tmp_path / "run",
         )
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_gradient_accumulation_enqueues_every_micro_batch(world, tmp_path, precision):
+    cfg = config(
+        steps=3, warmup_steps=1, batch_size_per_device=8, grad_accumulation=2,
+        queue_size=256, precision=precision, log_every=1,
+    )  # fmt: skip
+    summary = pretrain(cfg, world["model"], {"demo": world["shards"]}, tmp_path)
+    assert summary["global_batch"] == 16
+    state = torch.load(tmp_path / "checkpoints/step-00000003/state.pt", weights_only=False)
+    assert int(state["model"]["queue_ptr"]) == 3 * 2 * 8  # 6 micro-batches of 8 keys
+    rank = torch.load(tmp_path / "checkpoints/step-00000003/rank-0.pt", weights_only=False)
+    assert rank["next_batch"] == 6 and rank["sampler"]["position"] == 48
+    assert all(r["loss"] == r["loss"] for r in read_metrics(tmp_path))  # no NaN
