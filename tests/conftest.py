@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 sys.path.insert(0, str(ROOT / "lib"))
+
+# No test may reach the Hugging Face hub (this machine and CI have no internet): set
+# before transformers/huggingface_hub are imported, since they read it once at import.
+# Without it a hub id that is not cached costs ~45 s of connection retries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")

@@ -652,4 +652,6 @@ def test_paper_table_specs_reproduce_the_paper_from_paper_valued_metrics(paper):
             if misprinted not in known:
                 assert abs(rec["diff"]) <= 0.1 + 1e-9, (name, misprinted)
         quoted = long[long["column_kind"] == "quoted"]
-        assert set(quoted["source"]) == {"paper"}, name
+        # Tables 6-8 have computed columns only; elsewhere every quoted cell is the paper's.
+        has_quoted = any(not col.computed for col in parsed.columns)
+        assert set(quoted["source"]) == ({"paper"} if has_quoted else set()), name
