@@ -9,7 +9,7 @@ CONSTRAINTS ?= -c constraints/cpu.txt
 CORES ?= 2
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint dry-run bench clean-demo
+.PHONY: install demo test lint dry-run bench bench-pretrain clean-demo
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,9 @@ dry-run: install
 
 bench: install
 	$(BIN)/python bench/bench_scifact.py --out bench/out
+
+bench-pretrain: install
+	$(BIN)/python bench/bench_pretrain.py --out bench/out
 
 clean-demo:
 	rm -rf work/demo results/*.csv results/*.parquet results/*.md results/*.png

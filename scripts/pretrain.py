@@ -13,7 +13,7 @@ import time
 
 from contriever_repro.cli import run_main, set_threads
 from contriever_repro.pretrain_config import PretrainConfig
-from contriever_repro.train import PREEMPTED_EXIT_CODE, Preempted, pretrain
+from contriever_repro.train import PREEMPTED_EXIT_CODE, Preempted, flush_denormals, pretrain
 
 log = logging.getLogger("pretrain")
 
@@ -46,8 +46,9 @@ def main():
     ap.add_argument("--summary", default=None, help="JSON summary to write at the end")
     args = ap.parse_args()
 
-    set_threads(args.threads)
     cfg = PretrainConfig.from_dict(args.name, json.loads(args.experiment))
+    flush_denormals(cfg)  # before any torch op starts the thread pool
+    set_threads(args.threads)
     deadline = None
     if args.time_limit_min:
         # Leave the margin for the final checkpoint; a job too short for the margin

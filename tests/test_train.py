@@ -213,6 +213,37 @@ def test_time_limit_stops_with_a_checkpoint(world, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "latest").exists()
 
 
+# --------------------------------------------------------------------------- CPU numerics
+
+FTZ_PROBE = """
+import json, sys, torch
+from contriever_repro.pretrain_config import PretrainConfig
+from contriever_repro.train import flush_denormals
+on = flush_denormals(PretrainConfig.from_dict("x", {"flush_denormal": sys.argv[1] == "on"}))
+torch.set_num_threads(2)
+x = torch.full((2000, 2000), 1e-39)  # subnormal in fp32
+print(int(on), int((x * 0.5 != 0).sum()))  # a parallel op: every pool thread does a part
+"""
+
+
+@pytest.mark.parametrize(("mode", "nonzero"), [("on", 0), ("off", 2000 * 2000)])
+def test_flush_denormals_reaches_every_intra_op_thread(mode, nonzero):
+    """Set at process start (as scripts/pretrain.py does), flush-to-zero holds in all
+    torch threads, not only the caller's: subnormal products are 0 everywhere."""
+    out = _run([sys.executable, "-c", FTZ_PROBE, mode])
+    assert out.returncode == 0, out.stderr[-2000:]
+    supported, count = map(int, out.stdout.split()[-2:])
+    if mode == "on" and not supported:
+        pytest.skip("this CPU has no flush-to-zero mode torch can set")
+    assert count == nonzero
+
+
+def test_denormal_mode_is_not_part_of_the_run_identity():
+    """A run may resume on other hardware or with the other CPU mode."""
+    assert "flush_denormal" not in config().training_dict()
+    assert config().flush_denormal is True
+
+
 # --------------------------------------------------------------------------- bad input
 
 

@@ -77,6 +77,11 @@ class PretrainConfig:
     gpus_per_node: int = 8
     num_workers: int = 5
     max_restarts: int = 20
+    # CPU only: flush subnormal floats to zero (train.flush_denormals). fp32 backward
+    # through MoCo's softmax at τ = 0.05 makes subnormals, which x86 cores compute
+    # ~100x slower: 2.7x on a whole MiniLM step (bench/bench_pretrain.py). GPUs flush
+    # anyway; values under 1.2e-38 cannot change a trained encoder.
+    flush_denormal: bool = True
     # bookkeeping
     log_every: int = 100
     checkpoint_every: int = 500
@@ -180,8 +185,9 @@ class PretrainConfig:
     def training_dict(self) -> dict:
         """Everything that changes the trained weights: the identity a resume checks.
 
-        Bookkeeping (logging, checkpoint cadence, restarts) and the launch shape are left
-        out of it on purpose, so a run can be resumed with another log cadence.
+        Bookkeeping (logging, checkpoint cadence, restarts), the launch shape and the CPU
+        denormal mode are left out of it on purpose, so a run can be resumed with another
+        log cadence or on other hardware.
         """
         skip = {
             "name",
@@ -194,6 +200,7 @@ class PretrainConfig:
             "nodes",
             "gpus_per_node",
             "device",
+            "flush_denormal",
         }
         out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         out["sources"] = list(self.sources)

@@ -158,6 +158,16 @@ class StopFlag:
 # --------------------------------------------------------------------------- building
 
 
+def flush_denormals(cfg: PretrainConfig) -> bool:
+    """Set the CPU's flush-to-zero mode as `cfg.flush_denormal` asks; returns it.
+
+    The mode is a per-thread register that threads inherit when they are created, so
+    call this at process start, before the first parallel torch op makes the intra-op
+    thread pool (scripts/pretrain.py does); afterwards it reaches the calling thread only.
+    """
+    return bool(cfg.flush_denormal and torch.set_flush_denormal(True))
+
+
 def load_tokenizer(init: str | Path):
     from transformers import AutoTokenizer
 
