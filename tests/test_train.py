@@ -425,3 +425,22 @@ def test_gradient_accumulation_enqueues_every_micro_batch(world, tmp_path, preci
     rank = torch.load(tmp_path / "checkpoints/step-00000003/rank-0.pt", weights_only=False)
     assert rank["next_batch"] == 6 and rank["sampler"]["position"] == 48
     assert all(r["loss"] == r["loss"] for r in read_metrics(tmp_path))  # no NaN
+
+
+def test_tf32_trains_as_fp32_on_cpu_and_restores_the_matmul_modes(world, tmp_path):
+    """`precision: tf32` only switches CUDA's TF32 flags, for the run and no longer."""
+    from contriever_repro.train import _set_tf32
+
+    modes = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    weights = {}
+    for precision in ("fp32", "tf32"):
+        cfg = config(steps=2, warmup_steps=1, batch_size_per_device=8, queue_size=64,
+                     precision=precision, log_every=1)  # fmt: skip
+        pretrain(cfg, world["model"], {"demo": world["shards"]}, tmp_path / precision)
+        state = torch.load(tmp_path / precision / "checkpoints/step-00000002/state.pt")
+        weights[precision] = state["model"]
+    assert all(torch.equal(v, weights["tf32"][k]) for k, v in weights["fp32"].items())
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == modes
+    assert _set_tf32(True, True) == modes
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    _set_tf32(*modes)

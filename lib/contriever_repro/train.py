@@ -241,10 +241,18 @@ def build_objective(cfg: PretrainConfig, model: torch.nn.Module) -> torch.nn.Mod
 
 
 def _autocast(cfg: PretrainConfig, device: torch.device):
-    if cfg.precision == "fp32":
+    if cfg.precision in ("fp32", "tf32"):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _set_tf32(matmul: bool, cudnn: bool) -> tuple[bool, bool]:
+    """TF32 on or off for CUDA matmuls and cuDNN ops (`precision: tf32` vs strict fp32);
+    returns the modes to restore when training ends."""
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+    return before
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -484,6 +492,10 @@ def pretrain(
     end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
     micro = start_batch
     reason = None
+    if cfg.precision == "tf32" and not cuda:
+        log.warning("precision tf32 only changes CUDA matmuls: this CPU run is plain fp32")
+    tf32 = cfg.precision == "tf32" and cuda
+    tf32_before = _set_tf32(tf32, tf32)
     try:
         it = iter(loader)
         while step < end:
@@ -573,6 +585,7 @@ def pretrain(
             if reason and not at_end:
                 raise Preempted(step, reason)
     finally:
+        _set_tf32(*tf32_before)
         stop.restore()
         del loader
 
