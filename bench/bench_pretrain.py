@@ -172,20 +172,14 @@ def _merge(records: list[dict], first_step: int) -> dict:
 def _padding(cfg, init: str, shards: str, first: int, n: int) -> dict:
     """Real vs padded tokens of the measured batches, rebuilt exactly (batch b is a pure
     function of the seed), since the encoders compute on the padded width."""
-    from contriever_repro.pretrain_data import ChunkSampler, PretrainBatches
-    from contriever_repro.train import build_views, load_tokenizer, open_sources
+    from contriever_repro.pretrain_data import PretrainBatches
+    from contriever_repro.train import build_sampler, build_views, load_tokenizer, open_sources
 
     tok = load_tokenizer(init)
-    sources = open_sources(cfg, {"bench": shards}, tok, 0, 1)
-    sampler = ChunkSampler(
-        sources,
-        chunk_length=cfg.chunk_length,
-        sampling_coefficient=cfg.sampling_coefficient,
-        seed=cfg.seed,
-        respect_doc_boundaries=cfg.respect_doc_boundaries,
-        min_doc_tokens=cfg.min_doc_tokens,
+    sampler = build_sampler(cfg, open_sources(cfg, {"bench": shards}, tok, 0, 1))
+    batches = PretrainBatches(
+        sampler, build_views(cfg, tok), cfg.batch_size_per_device, pad_id=tok.pad_token_id or 0
     )
-    batches = PretrainBatches(sampler, build_views(cfg, tok), cfg.batch_size_per_device)
     real = padded = 0
     for b in range(first, first + n):
         batch = batches.batch(b)

@@ -206,6 +206,19 @@ def open_sources(
     return out
 
 
+def build_sampler(cfg: PretrainConfig, sources: Mapping[str, TokenShards], rank: int = 0):
+    """The rank's chunk stream: a pure function of (seed, rank, example index)."""
+    return ChunkSampler(
+        sources,
+        chunk_length=cfg.chunk_length,
+        sampling_coefficient=cfg.sampling_coefficient,
+        seed=cfg.seed,
+        rank=rank,
+        respect_doc_boundaries=cfg.respect_doc_boundaries,
+        min_doc_tokens=cfg.min_doc_tokens,
+    )
+
+
 def build_views(cfg: PretrainConfig, tokenizer) -> ViewMaker:
     return ViewMaker.from_tokenizer(
         tokenizer,
@@ -388,15 +401,7 @@ def pretrain(
 
     torch.manual_seed(cfg.seed + env.rank)
     np.random.seed((cfg.seed + env.rank) % 2**32)
-    sampler = ChunkSampler(
-        sources,
-        chunk_length=cfg.chunk_length,
-        sampling_coefficient=cfg.sampling_coefficient,
-        seed=cfg.seed,
-        rank=env.rank,
-        respect_doc_boundaries=cfg.respect_doc_boundaries,
-        min_doc_tokens=cfg.min_doc_tokens,
-    )
+    sampler = build_sampler(cfg, sources, env.rank)
     views = build_views(cfg, tokenizer)
 
     torch.manual_seed(cfg.seed)  # identical model and queue initialisation on every rank
