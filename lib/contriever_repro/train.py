@@ -159,7 +159,7 @@ class StopFlag:
 
 
 def flush_denormals(cfg: PretrainConfig) -> bool:
-    """Set the CPU's flush-to-zero mode as `cfg.flush_denormal` asks; returns it.
+    """Set the CPU's flush-to-zero mode as `cfg.flush_denormal` asks; True if now on.
 
     The mode is a per-thread register that threads inherit when they are created, so
     call this at process start, before the first parallel torch op makes the intra-op
