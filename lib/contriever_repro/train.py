@@ -261,11 +261,20 @@ def _autocast(cfg: PretrainConfig, device: torch.device):
 
 
 def _set_tf32(matmul: bool, cudnn: bool) -> tuple[bool, bool]:
-    """TF32 on or off for CUDA matmuls and cuDNN ops (`precision: tf32` vs strict fp32);
-    returns the modes to restore when training ends."""
+    """TF32 on or off for CUDA matmuls and cuDNN ops; returns the modes it replaced."""
     before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
     return before
+
+
+def _matmul_mode(cfg: PretrainConfig, device: torch.device) -> tuple[bool, bool]:
+    """`precision: tf32` turns TF32 on for the run, strict fp32 (and autocast) off;
+    returns the modes to restore when training ends."""
+    tf32 = cfg.precision == "tf32"
+    if tf32 and device.type != "cuda":
+        log.warning("precision tf32 only changes CUDA matmuls: this CPU run is plain fp32")
+    on = tf32 and device.type == "cuda"
+    return _set_tf32(on, on)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -497,10 +506,7 @@ def pretrain(
     end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
     micro = start_batch
     reason = None
-    if cfg.precision == "tf32" and not cuda:
-        log.warning("precision tf32 only changes CUDA matmuls: this CPU run is plain fp32")
-    tf32 = cfg.precision == "tf32" and cuda
-    tf32_before = _set_tf32(tf32, tf32)
+    tf32_before = _matmul_mode(cfg, env.device)
     try:
         it = iter(loader)
         while step < end:
