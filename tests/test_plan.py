@@ -1,14 +1,21 @@
+import copy
+from pathlib import Path
+
 import pytest
+import yaml
 
 from contriever_repro.errors import InputError
 from contriever_repro.plan import (
     check_references,
+    check_reports,
     dataset_units,
+    known_metrics,
     model_kind,
     stable_hash,
     table_cells,
     workflow_model_name,
 )
+from workflow_utils import base_config, snakemake, write_config
 
 CATALOG = {
     "datasets": {
@@ -132,3 +139,184 @@ def test_pretraining_experiments_are_checked_against_corpora_and_tokenizers():
         check_pretraining(config)
     with pytest.raises(InputError, match=r"pretraining\.nope: not defined"):
         pretrain_config(config, "nope")
+
+
+# ------------------------------------------------------------ table/figure specs at start-up
+
+ROOT = Path(__file__).resolve().parents[1]
+# The paper reports ndcg@20 too: a quoted column may show what the evaluation does not compute.
+PAPER = {"systems": {"bm25": {f"ndcg@{k}": {"a": 50.0, "b": 40.0} for k in (10, 20)}}}
+
+
+def report_config() -> dict:
+    """A config whose tables and figures all pass; each test breaks one thing."""
+    return {
+        "models": {"m": {}, "q2k": {}, "q8k": {}, "q2k-ft": {}},
+        "datasets": {"a": {}, "b": {}},
+        "evaluation": {"k_values": [1, 10, 100]},
+        "tables": {
+            "table2": {
+                "blocks": [{"metric": "ndcg@10"}],
+                "datasets": ["a", "b"],
+                "columns": [{"name": "BM25", "paper": "bm25"}, {"name": "M", "model": "m"}],
+            },
+        },
+        "figures": {
+            "figure1": {
+                "metric": "recall@100",
+                "metric_overrides": {"a": "recall_cap@100"},
+                "datasets": ["a", "b"],
+                "columns": [{"name": "M", "model": "m"}],
+            },
+            "figure2": copy.deepcopy(SWEEP),
+        },
+    }
+
+
+def test_check_reports_accepts_the_shipped_configs():
+    for name in ("config.yaml", "demo.yaml"):
+        config = yaml.safe_load((ROOT / "config" / name).read_text(encoding="utf-8"))
+        config["paper_results"] = str(ROOT / config["paper_results"])
+        check_reports(config)  # loads config.paper_results itself
+    check_reports(report_config(), PAPER)
+
+
+def test_known_metrics_are_every_family_at_the_configured_ks():
+    known = known_metrics({"evaluation": {"k_values": [10, 100]}})
+    assert {"ndcg@10", "recall@100", "recall_cap@100", "mrr@10", "accuracy@100"} <= known
+    assert "ndcg@20" not in known and "ndcg@1000" not in known
+    assert len(known) == 8 * 2
+
+
+def _set(config: dict, path: str, value) -> dict:
+    *parents, last = [int(k) if k.isdigit() else k for k in path.split(".")]
+    target = config
+    for key in parents:
+        target = target[key]
+    if value is _DELETE:
+        del target[last]
+    else:
+        target[last] = value
+    return config
+
+
+_DELETE = object()
+
+BAD_REPORTS = [
+    # metric typos, and metrics the evaluation does not compute
+    (
+        "tables.table2.blocks.0.metric",
+        "ndgc@10",
+        r"tables\.table2\.blocks\[0\]\.metric: unknown "
+        r"metric 'ndgc@10'.*did you mean 'ndcg@10'",
+    ),
+    (
+        "tables.table2.blocks.0.metric",
+        "ndcg@20",
+        r"tables\.table2\.blocks\[0\]\.metric: metric "
+        r"'ndcg@20' is not computed by the evaluation .*k_values \[1, 10, 100\]",
+    ),
+    (
+        "figures.figure1.metric_overrides.a",
+        "recall_cap@1000",
+        r"figures\.figure1\.metric_overrides\.a: metric 'recall_cap@1000' is not computed",
+    ),
+    ("figures.figure2.metric", "ndcg@5", r"figures\.figure2\.metric: metric 'ndcg@5' is not"),
+    ("figures.figure2.metric", "ndgc@10", r"figures\.figure2\.metric: required, <family>@<k>"),
+    # key typos inside a spec, unknown models, data sets and paper systems
+    ("tables.table2.colums", [], r"tables\.table2\.spec: unknown key\(s\) \['colums'\]"),
+    ("tables.table2.columns.1.modle", "m", r"tables\.table2\.columns\[1\]: unknown key"),
+    ("tables.table2.columns.1.model", "mm", r"tables\.table2\.columns\[1\]: model 'mm'"),
+    (
+        "tables.table2.columns.0.paper",
+        "bm52",
+        r"tables\.table2\.columns\[0\] \('BM25'\)\.paper: "
+        r"unknown paper system 'bm52'",
+    ),
+    ("tables.table2.datasets.1", "c", r"tables\.table2\.datasets: 'c' is not defined"),
+    ("figures.figure1.colour", "red", r"figures\.figure1\.spec: unknown key\(s\) \['colour'\]"),
+    ("figures.figure1.kind", "pie", r"figures\.figure1\.kind: unknown kind 'pie'"),
+    ("figures.figure2.series.1.points.0.model", "q3k", r"figures\.figure2\.series\[1\]\.points"),
+    ("tables.table2", ["not", "a", "mapping"], r"tables\.table2\.spec: expected a mapping"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "needle"), BAD_REPORTS)
+def test_check_reports_names_the_table_and_key(path, value, needle):
+    with pytest.raises(InputError, match=needle):
+        check_reports(_set(report_config(), path, value), PAPER)
+
+
+@pytest.mark.parametrize(
+    ("kind", "old", "new"),
+    [
+        ("tables", "table2", "tabel2"),
+        ("tables", "table2", "table2x1"),
+        ("tables", "table2", "Table2"),
+        ("figures", "figure1", "Figure1"),
+        ("figures", "figure2", "fig2"),
+        ("figures", "figure2", "table3"),
+    ],
+)
+def test_report_keys_must_be_names_the_rules_build(kind, old, new):
+    config = report_config()
+    config[kind][new] = config[kind].pop(old)
+    stem = kind[:-1]
+    with pytest.raises(InputError, match=rf"{kind}\.{new}: a {stem} key must look like {stem}N"):
+        check_reports(config, PAPER)
+
+
+def test_quoted_only_tables_need_no_computed_metric():
+    """A table of paper numbers only may show a metric the evaluation does not compute."""
+    config = report_config()
+    config["tables"]["table2"]["columns"] = [{"name": "BM25", "paper": "bm25"}]
+    config["evaluation"]["k_values"] = [100]
+    config["figures"] = {}
+    check_reports(config, PAPER)
+    config["tables"]["table2"]["columns"].append({"name": "M", "model": "m"})
+    with pytest.raises(InputError, match="'ndcg@10' is not computed"):
+        check_reports(config, PAPER)
+
+
+def test_check_reports_reads_the_paper_file_only_when_needed(tmp_path):
+    config = report_config()
+    config["paper_results"] = str(tmp_path / "missing.yaml")
+    with pytest.raises(InputError, match="missing.yaml: file does not exist"):
+        check_reports(config)
+    check_reports({**config, "tables": {}, "figures": {}})
+
+
+DEMO_TYPOS = [
+    (
+        "tables.table2.blocks.0.metric",
+        "ndgc@10",
+        "tables.table2.blocks[0].metric: unknown metric 'ndgc@10'",
+    ),
+    ("tables.table6", "rename:tabel6", "tables.tabel6: a table key must look like tableN"),
+    (
+        "figures.figure2.metric",
+        "ndcg@20",
+        "figures.figure2.metric: metric 'ndcg@20' is not computed by the evaluation",
+    ),
+    ("tables.table7.columns.1.modle", "demo-crop", "tables.table7.columns[1]: unknown key(s)"),
+]
+
+
+@pytest.mark.workflow
+@pytest.mark.parametrize(("path", "value", "message"), DEMO_TYPOS)
+def test_dry_run_fails_at_once_on_a_report_typo(tmp_path, path, value, message):
+    """`snakemake -n` stops at start-up with the message, before planning any job."""
+    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text(encoding="utf-8"))
+    config |= base_config(tmp_path)
+    if isinstance(value, str) and value.startswith("rename:"):
+        kind, old = path.split(".")
+        config[kind] = {value[7:] if k == old else k: v for k, v in config[kind].items()}
+    else:
+        _set(config, path, value)
+    cfg = write_config(tmp_path / "typo.yaml", config)
+    proc = snakemake("-n", "--configfile", str(cfg), cwd=tmp_path, timeout=120)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert message in output, output[-3000:]
+    assert "Building DAG" not in output
+    assert not (tmp_path / "work").exists() and not (tmp_path / "results").exists()

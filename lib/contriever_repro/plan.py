@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,9 @@ from .errors import InputError
 
 WORKFLOW_PREFIX = "workflow:"
 SUBSET_SEP = "--"
+# Output names the `table` and `figure` rules accept (their wildcard constraints): a
+# config key that does not match has no rule to build it.
+REPORT_KEYS = {"tables": r"table\d+[a-z]?", "figures": r"figure\d+[a-z]?"}
 
 
 @dataclass(frozen=True)
@@ -127,15 +132,17 @@ def check_references(config: dict) -> None:
     datasets = config.get("datasets") or {}
     for kind in ("tables", "figures"):
         for name, spec in (config.get(kind) or {}).items():
+            if not isinstance(spec, Mapping):
+                continue  # malformed specs are named by their own parser (check_reports)
             where = f"{kind}.{name}"
-            for ds in spec.get("datasets", []):
-                if ds not in datasets:
+            for ds in spec.get("datasets") or []:
+                if isinstance(ds, str) and ds not in datasets:
                     raise InputError(
                         f"{where}.datasets: '{ds}' is not defined under datasets "
                         f"(known: {sorted(datasets)})"
                     )
-            for i, col in enumerate(spec.get("columns", [])):
-                model = col.get("model")
+            for i, col in enumerate(spec.get("columns") or []):
+                model = col.get("model") if isinstance(col, Mapping) else None
                 if model and model not in models:
                     raise InputError(
                         f"{where}.columns[{i}]: model '{model}' is not defined under models "
@@ -150,6 +157,77 @@ def check_references(config: dict) -> None:
                             f"{where}.series[{i}].points[{j}]: model '{model}' is not defined "
                             f"under models (models.{model} missing; known: {sorted(models)})"
                         )
+
+
+def known_metrics(config: dict) -> set[str]:
+    """Every metric name the evaluation writes: each family (beir's trec_eval ones and its
+    custom MRR, R_cap, Hole, Accuracy) at each of `evaluation.k_values`."""
+    from .metrics import DEFAULT_K_VALUES, FAMILIES
+
+    ks = (config.get("evaluation") or {}).get("k_values") or DEFAULT_K_VALUES
+    return {f"{family}@{k}" for family in FAMILIES for k in ks}
+
+
+def _check_computed_metrics(
+    where: str, computed: bool, metrics: Iterable[tuple[str, str]], known: set[str], ks: list
+) -> None:
+    """Each (key, metric) a computed cell reads must be one the evaluation writes."""
+    if not computed:
+        return  # quoted numbers only: the metric is a key of paper_results, checked there
+    for key, metric in metrics:
+        if metric not in known:
+            raise InputError(
+                f"{where}.{key}: metric {metric!r} is not computed by the evaluation "
+                f"(families {sorted({m.split('@')[0] for m in known})} at "
+                f"evaluation.k_values {ks}); fix the name or add its k to k_values"
+            )
+
+
+def check_reports(config: dict, paper: Mapping | None = None) -> None:
+    """Validate every table and figure spec at start-up, so a typo fails `snakemake -n`
+    instead of the last job after all encoding and search: the key names a file the
+    rules can build, the spec's own schema (tables.parse_table_spec, figures.parse_*),
+    its models and data sets (check_references), its paper systems (`paper`, default
+    the file config.paper_results) and the metrics its computed cells read.
+    Every error names the table or figure and the key."""
+    from . import figures, tables
+
+    reports = {kind: config.get(kind) or {} for kind in REPORT_KEYS}
+    for kind, pattern in REPORT_KEYS.items():
+        if not isinstance(reports[kind], Mapping):
+            raise InputError(f"{kind}: expected a mapping of name -> spec")
+        for name in reports[kind]:
+            if not re.fullmatch(pattern, str(name)):
+                stem = kind[:-1]
+                raise InputError(
+                    f"{kind}.{name}: a {stem} key must look like {stem}N or {stem}N<letter> "
+                    f"(e.g. {stem}2, {stem}11b; pattern {pattern}): the key is the output "
+                    f"file name (results_dir/{stem}N...) and the {stem} rule builds no "
+                    "other names"
+                )
+    check_references(config)
+    if paper is None and any(reports.values()):
+        paper = tables.load_paper_results(config["paper_results"])
+    known = known_metrics(config)
+    ks = list((config.get("evaluation") or {}).get("k_values") or [])
+    parsed: list[tuple[str, Any, bool]] = []
+    for name, spec in reports["tables"].items():
+        table = tables.parse_table_spec(name, spec, paper)
+        parsed.append((f"tables.{name}", table, True))
+    for name, spec in reports["figures"].items():
+        if figures.figure_kind(name, spec) == "queue_sweep":
+            sweep = figures.parse_queue_sweep_spec(name, spec)
+            _check_computed_metrics(f"figures.{name}", True, [("metric", sweep.metric)], known, ks)
+        else:
+            parsed.append((f"figures.{name}", figures.parse_figure_spec(name, spec, paper), False))
+    for where, table, is_table in parsed:
+        computed = any(c.computed for c in table.columns)
+        for i, block in enumerate(table.blocks):
+            prefix = f"blocks[{i}]." if is_table else ""
+            used = [(f"{prefix}metric_overrides.{d}", m) for d, m in block.overrides.items()]
+            if any(d not in block.overrides for d in table.datasets):
+                used.insert(0, (f"{prefix}metric", block.metric))
+            _check_computed_metrics(where, computed, used, known, ks)
 
 
 def pretrain_config(config: dict, name: str):

@@ -45,6 +45,7 @@ Conventions, chosen to reproduce the paper's own printed numbers:
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 import re
@@ -229,13 +230,20 @@ def _check_keys(table: str, key: str, obj: Any, allowed: set[str]) -> Mapping:
     return obj
 
 
+def suggest_metric(metric: Any) -> str:
+    """ " (did you mean 'ndcg@10'?)" for a misspelt family, else ""."""
+    family, sep, k = str(metric).partition("@")
+    close = difflib.get_close_matches(family.lower(), METRIC_FAMILIES, n=1)
+    return f" (did you mean '{close[0]}{sep}{k}'?)" if close and sep else ""
+
+
 def _check_metric(table: str, key: str, metric: Any) -> str:
     if not isinstance(metric, str) or not _METRIC_RE.match(metric):
         raise _err(
             table,
             key,
-            f"unknown metric {metric!r}; expected <family>@<k> with family in "
-            f"{list(METRIC_FAMILIES)}",
+            f"unknown metric {metric!r}{suggest_metric(metric)}; expected <family>@<k> with "
+            f"family in {list(METRIC_FAMILIES)}",
         )
     return metric
 

@@ -27,7 +27,7 @@ SCRIPTS = str(Path(workflow.basedir) / "scripts")
 with open(config["beir_catalog"]) as fh:
     BEIR_CATALOG = yaml.safe_load(fh)
 
-plan.check_references(config)
+plan.check_reports(config)  # tables and figures, incl. check_references
 plan.check_pretraining(config)
 DATASET_UNITS = plan.dataset_units(config, BEIR_CATALOG)
 UNITS = {u.name: u for units in DATASET_UNITS.values() for u in units}
@@ -39,8 +39,8 @@ wildcard_constraints:
     model=r"[A-Za-z0-9_.\-]+",
     shard=r"\d+",
     n=r"\d+",
-    table=r"table\d+[a-z]?",
-    figure=r"figure\d+[a-z]?",
+    table=plan.REPORT_KEYS["tables"],
+    figure=plan.REPORT_KEYS["figures"],
 
 
 def res(rule_name, key, fallback=None):
