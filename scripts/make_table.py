@@ -22,9 +22,7 @@ def main():
     paper = tables.load_paper_results(args.paper)
     metrics = tables.read_metrics(args.metrics)
     built = tables.build_table(args.name, json.loads(args.spec), metrics, paper, args.label)
-    tables.write_table_outputs(
-        built.long, built.wide, built.markdown, args.csv, args.parquet, args.md
-    )
+    tables.write_table_outputs(built, args.csv, args.parquet, args.md)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import runpy
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -276,12 +279,54 @@ def test_markdown_marks_overridden_rows():
 def test_write_table_outputs(tmp_path):
     built = build_table("toy", SPEC, ours_metrics(), PAPER)
     csv, parquet, md = tmp_path / "t.csv", tmp_path / "t.parquet", tmp_path / "t.md"
-    write_table_outputs(built.long, built.wide, built.markdown, csv, parquet, md)
+    write_table_outputs(built, csv, parquet, md)
     back = pd.read_parquet(parquet)
     assert len(back) == len(built.long) and set(back["source"]) == {"computed", "paper"}
-    assert pd.read_csv(csv).columns[0] == "dataset"
+    assert pd.read_csv(csv, comment="#").columns[0] == "dataset"
+    assert csv.read_text(encoding="utf-8") == built.csv
     assert md.read_text(encoding="utf-8") == built.markdown
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.md", "t.parquet"]
+
+
+def test_csv_opens_with_caption_and_label_comments(tmp_path):
+    """The CSV says what it is (and that a demo is a demo) in lines CSV readers skip."""
+    built = build_table("toy", SPEC, ours_metrics(), PAPER, label="demo (synthetic)")
+    lines = built.csv.splitlines()
+    assert lines[0] == "# [demo (synthetic)] Toy table"
+    assert lines[1].startswith("# Values x100, one decimal;") and "Best on" in lines[1]
+    assert lines[2] == "dataset,Rival [paper],Ours,Ours [paper],Ours [diff]"
+    csv = tmp_path / "t.csv"
+    write_table_outputs(built, csv, tmp_path / "t.parquet", tmp_path / "t.md")
+    back = pd.read_csv(csv, comment="#")
+    assert list(back.columns) == list(built.wide.columns)
+    pd.testing.assert_frame_equal(back, built.wide, check_dtype=False)
+    # A multi-line caption stays commented line by line; no label, no label brackets.
+    two = build_table("toy", {**SPEC, "caption": "Toy\nsecond line"}, ours_metrics(), PAPER)
+    assert two.csv.splitlines()[:2] == ["# Toy", "# second line"]
+
+
+def test_csv_prints_best_on_as_integers_and_values_with_one_decimal():
+    built = build_table("toy", SPEC, ours_metrics(), PAPER)
+    rows = {line.split(",")[0]: line for line in built.csv.splitlines() if "," in line}
+    # Ours beats the rival on msmarco and nq, and has no rival on cqadupstack (the paper's
+    # "-"): 3 wins, the paper's count is 2, the rival's quoted count 2.
+    assert rows[BEST_ON] == "Best on,2,3,2,1"
+    assert rows["Avg."] == "Avg.,,42.0,41.7,0.3"
+    assert rows["nq"] == "nq,40.0,45.0,45.0,0.0"
+    assert ".0," not in rows[BEST_ON] + ","
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"columns": [{"name": "Ours #2", "model": "ours"}]},
+        {"averages": [{"name": "Avg. #1", "exclude": []}]},
+        {"datasets": ["nq", "c#"]},
+    ],
+)
+def test_names_with_a_csv_comment_character_are_refused(change):
+    with pytest.raises(InputError, match="'#' is not allowed"):
+        parse_table_spec("toy", {**SPEC, **change, "best_on": False}, None)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -590,8 +635,8 @@ def test_ablation_table_quotes_the_printed_average_and_computes_the_mean(tmp_pat
     assert "| nq | 13.1† | 15.0 (paper 13.1, +1.9) |" in built.markdown
 
     csv, parquet, md = tmp_path / "t6.csv", tmp_path / "t6.parquet", tmp_path / "t6.md"
-    write_table_outputs(built.long, built.wide, built.markdown, csv, parquet, md)
-    back = pd.read_csv(csv).set_index("dataset")
+    write_table_outputs(built, csv, parquet, md)
+    back = pd.read_csv(csv, comment="#").set_index("dataset")
     assert back.loc["Avg.", "MoCo (computed)"] == 31.0
     assert back.loc["fever", "MoCo [paper]"] == 57.6
     assert md.read_text(encoding="utf-8") == built.markdown
@@ -655,3 +700,21 @@ def test_paper_table_specs_reproduce_the_paper_from_paper_valued_metrics(paper):
         # Tables 6-8 have computed columns only; elsewhere every quoted cell is the paper's.
         has_quoted = any(not col.computed for col in parsed.columns)
         assert set(quoted["source"]) == ({"paper"} if has_quoted else set()), name
+
+
+def test_make_table_script_writes_labelled_csv(tmp_path, monkeypatch):
+    metrics = tmp_path / "metrics.parquet"
+    ours_metrics().to_parquet(metrics)
+    paper = tmp_path / "paper.yaml"
+    paper.write_text(yaml.safe_dump(PAPER), encoding="utf-8")
+    out = {ext: tmp_path / f"toy.{ext}" for ext in ("csv", "parquet", "md")}
+    argv = ["make_table.py", "--name", "toy", "--spec", json.dumps(SPEC), "--paper", str(paper)]
+    argv += ["--label", "demo", "--metrics", str(metrics)]
+    argv += [f"--{ext}={path}" for ext, path in out.items()]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(ROOT / "scripts" / "make_table.py"), run_name="__main__")
+    text = out["csv"].read_text(encoding="utf-8")
+    assert text.startswith("# [demo] Toy table\n")
+    back = pd.read_csv(out["csv"], comment="#").set_index("dataset")
+    assert back.loc["nq", "Ours"] == 45.0 and back.loc[BEST_ON, "Ours"] == 3
+    assert out["md"].read_text(encoding="utf-8").startswith("**[demo] Toy table**")

@@ -58,7 +58,7 @@ import pandas as pd
 import yaml
 
 from .errors import InputError
-from .io import atomic_path, read_table, write_table, write_text
+from .io import read_table, write_table, write_text
 
 METRIC_FAMILIES = ("ndcg", "map", "recall", "recall_cap", "p", "mrr", "hole", "accuracy")
 _METRIC_RE = re.compile(rf"^({'|'.join(METRIC_FAMILIES)})@[1-9][0-9]*$")
@@ -154,11 +154,12 @@ class TableSpec:
 
 @dataclass(frozen=True)
 class BuiltTable:
-    """A built table in its three forms."""
+    """A built table in its forms: long (parquet), wide (CSV: `csv` is its text), Markdown."""
 
     long: pd.DataFrame
     wide: pd.DataFrame
     markdown: str
+    csv: str
 
 
 # --------------------------------------------------------------------------- paper numbers
@@ -248,11 +249,20 @@ def _check_metric(table: str, key: str, metric: Any) -> str:
     return metric
 
 
+def _check_csv_name(table: str, key: str, name: str) -> str:
+    """Row and column names go into the CSV, where `#` starts a comment."""
+    if "#" in name:
+        raise _err(table, key, f"{name!r}: '#' is not allowed (it starts a comment in the CSV)")
+    return name
+
+
 def _dataset_list(table: str, key: str, value: Any, known: Sequence[str] | None) -> tuple:
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise _err(table, key, "expected a list of data-set names")
+    for v in value:
+        _check_csv_name(table, key, v)
     if len(set(value)) != len(value):
         raise _err(table, key, f"duplicated data set in {value}")
     if known is not None:
@@ -326,6 +336,7 @@ def parse_table_spec(name: str, spec: Mapping, paper: Mapping | None) -> TableSp
         avg_name = raw.get("name")
         if not isinstance(avg_name, str) or not avg_name:
             raise _err(name, f"{key}.name", "required")
+        _check_csv_name(name, f"{key}.name", avg_name)
         if avg_name in datasets or avg_name == BEST_ON:
             raise _err(name, f"{key}.name", f"{avg_name!r} clashes with another row")
         if avg_name in {a.name for a in averages}:
@@ -354,6 +365,7 @@ def parse_table_spec(name: str, spec: Mapping, paper: Mapping | None) -> TableSp
         col_name, model, system = raw.get("name"), raw.get("model"), raw.get("paper")
         if not isinstance(col_name, str) or not col_name:
             raise _err(name, f"{key}.name", "required")
+        _check_csv_name(name, f"{key}.name", col_name)
         key = f"columns[{i}] ({col_name!r})"
         if model is None and system is None:
             raise _err(name, key, "names neither `model` (computed) nor `paper` (quoted)")
@@ -614,6 +626,42 @@ def to_wide(long: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
+# --------------------------------------------------------------------------- CSV
+
+CSV_COMMENT = "#"
+CSV_NOTE = (
+    'Values x100, one decimal; "X [paper]": quoted from the paper; "X [diff]": X minus '
+    'the paper value as shown; empty: not reported, or not computed yet; "Best on": number '
+    "of data sets. Details in the .md, per-cell provenance in the .parquet."
+)
+
+
+def csv_comment_lines(caption: str, label: str = "", note: str = "") -> str:
+    """The lines that open a CSV: `# [label] caption` and `# note`, each line of a
+    multi-line text prefixed with `#`. pandas reads the file with
+    `pd.read_csv(path, comment="#")`; R with `read.csv(path, comment.char="#")`."""
+    title = f"[{label}] {caption}" if label else caption
+    lines = [line for text in (title, note) if text for line in str(text).splitlines()]
+    return "".join(f"{CSV_COMMENT} {line}\n" for line in lines)
+
+
+def _csv_number(value: Any, integer: bool) -> str:
+    if _absent(value):
+        return ""
+    return f"{int(round(float(value)))}" if integer else f"{round1(value):.1f}"
+
+
+def to_csv_text(wide: pd.DataFrame, caption: str, label: str = "") -> str:
+    """The wide table as CSV text, after comment lines with its caption and label: values
+    with one decimal, "Best on" counts as integers, empty cells empty."""
+    shown = wide.astype(object)
+    integer = wide["dataset"] == BEST_ON
+    for col in wide.columns:
+        if col not in ("metric", "dataset"):
+            shown[col] = [_csv_number(v, i) for v, i in zip(wide[col], integer, strict=True)]
+    return csv_comment_lines(caption, label, CSV_NOTE) + shown.to_csv(index=False)
+
+
 # --------------------------------------------------------------------------- markdown
 
 
@@ -715,22 +763,19 @@ def build_table(
     paper: Mapping | None,
     label: str = "",
 ) -> BuiltTable:
-    """Long, wide and Markdown forms of one table spec."""
+    """Long, wide, Markdown and CSV forms of one table spec."""
     parsed = parse_table_spec(name, spec, paper)
     long = build_long(name, parsed, metrics, paper)
-    return BuiltTable(long, to_wide(long, parsed), to_markdown(long, parsed, label))
+    wide = to_wide(long, parsed)
+    return BuiltTable(
+        long, wide, to_markdown(long, parsed, label), to_csv_text(wide, parsed.caption, label)
+    )
 
 
 def write_table_outputs(
-    long_df: pd.DataFrame,
-    wide_df: pd.DataFrame,
-    markdown: str,
-    csv_path: str | Path,
-    parquet_path: str | Path,
-    md_path: str | Path,
+    built: BuiltTable, csv_path: str | Path, parquet_path: str | Path, md_path: str | Path
 ) -> None:
     """Write the CSV (wide), parquet (long) and Markdown files, each atomically."""
-    with atomic_path(csv_path) as tmp:
-        wide_df.to_csv(tmp, index=False, float_format="%.1f")
-    write_table(long_df, parquet_path)
-    write_text(markdown, md_path)
+    write_text(built.csv, csv_path)
+    write_table(built.long, parquet_path)
+    write_text(built.markdown, md_path)
