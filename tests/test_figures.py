@@ -22,6 +22,7 @@ from contriever_repro.figures import (
     parse_queue_sweep_spec,
     queue_sweep_figure,
     queue_sweep_points,
+    title_lines,
 )
 from contriever_repro.tables import build_long, load_paper_results
 
@@ -151,10 +152,10 @@ def test_figure1_csv_has_the_drawn_cells(tmp_path, paper, figure_spec):
         paper=paper,
         out_csv=out_csv,
     )
-    cells = pd.read_csv(out_csv)
+    cells = pd.read_csv(out_csv, comment="#")
     ours = cells[cells["column"] == "Contriever"].set_index("dataset")
     assert ours.loc["trec-covid", "metric"] == "recall_cap@100"
-    assert ours.loc["trec-covid", "value"] == pytest.approx(17.2)
+    assert ours.loc["trec-covid", "value"] == 17.2
     assert ours.loc["nq", "source"] == "missing" and math.isnan(ours.loc["nq", "value"])
     assert len(cells) == len(figure_spec["datasets"]) * len(figure_spec["columns"])
 
@@ -249,13 +250,18 @@ def test_queue_sweep_figure_writes_png_and_csv_repeatably(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["figure2.csv", "figure2.png"]
 
     lines = first_csv.decode().splitlines()
-    assert lines[0] == "series,x,model,value,n_datasets"
-    assert lines[3] == '"MoCo, no fine-tuning",32768,q32k,,2'  # missing: empty, not a mean
-    back = pd.read_csv(csv)
-    assert back["value"].equals(returned["value"])  # unrounded values survive the CSV
+    assert lines[0] == "# [test] Impact of the number of negatives (paper Figure 2)"
+    assert lines[1].startswith("# value: mean over the data sets")
+    assert lines[2] == "series,x,model,value,n_datasets"
+    assert lines[5] == '"MoCo, no fine-tuning",32768,q32k,,2'  # missing: empty, not a mean
+    assert lines[-1] == "MoCo + MS MARCO fine-tuning,131072,q131k-ft,36.7,3"  # 36.666...
+    back = pd.read_csv(csv, comment="#")
+    assert back["value"].equals(returned["value"].round(1))  # the paper's precision
     for rec in back.to_dict("records"):
         expected = expected_point(rec["model"])
-        assert rec["value"] == expected or (math.isnan(expected) and math.isnan(rec["value"]))
+        assert rec["value"] == round(expected, 1) or (
+            math.isnan(expected) and math.isnan(rec["value"])
+        )
 
     # Without a CSV, and with no metrics at all (every point missing), it still draws.
     empty = tmp_path / "empty.png"
@@ -278,7 +284,7 @@ def test_make_figure_script_dispatches_on_kind(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(ROOT / "scripts" / "make_figure.py"), run_name="__main__")
     assert_png(out)
-    assert list(pd.read_csv(csv)["model"])[:2] == ["q2k", "q8k"]
+    assert list(pd.read_csv(csv, comment="#")["model"])[:2] == ["q2k", "q8k"]
 
 
 def with_change(path: str, value) -> dict:
@@ -327,3 +333,150 @@ def test_figure_kinds_do_not_mix(paper, figure_spec):
     with pytest.raises(InputError, match=r"figures\.figure2\.kind: expected 'queue_sweep'"):
         parse_queue_sweep_spec("figure2", {**SWEEP, "kind": "bars"})
     assert figure_kind("figure1", figure_spec) == "bars"
+
+
+# --------------------------------------------------------------------------- layout
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """Every Figure saved while the test runs, to inspect its layout."""
+    from matplotlib.figure import Figure
+
+    saved, original = [], Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        saved.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return saved
+
+
+def demo_config() -> dict:
+    return yaml.safe_load((ROOT / "config" / "demo.yaml").read_text(encoding="utf-8"))
+
+
+def demo_metrics(spec: dict, metric: str) -> pd.DataFrame:
+    """Values like 0.57 whose x100 is 56.99999999999999 in floating point."""
+    models = [c["model"] for c in spec.get("columns", [])]
+    models += [p["model"] for s in spec.get("series", []) for p in s["points"]]
+    frames = [
+        metrics_frame(m, {d: 0.57 - 0.01 * i for d in spec["datasets"]}, metric)
+        for i, m in enumerate(models)
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def assert_inside(fig) -> None:
+    """Every piece of text (title, labels, ticks, legend) lies within the figure."""
+    from matplotlib.text import Text
+
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    box = fig.bbox
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    assert texts
+    for text in texts:
+        ext = text.get_window_extent(renderer)
+        assert ext.x0 >= box.x0 - 1 and ext.x1 <= box.x1 + 1, text.get_text()
+        assert ext.y0 >= box.y0 - 1 and ext.y1 <= box.y1 + 1, text.get_text()
+
+
+def legend_of(fig):
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    assert len(legends) == 1
+    return legends[0]
+
+
+@pytest.mark.parametrize("which", ["demo", "paper"])
+def test_figure1_legend_fits_and_the_bars_use_the_width(tmp_path, drawn, paper, which):
+    if which == "demo":
+        config = demo_config()
+        spec, label, quoted = config["figures"]["figure1"], config["label"], None
+        metrics = demo_metrics(spec, spec["metric"])
+    else:
+        spec, label, quoted = (
+            yaml.safe_load((ROOT / "config" / "config.yaml").read_text(encoding="utf-8"))[
+                "figures"
+            ]["figure1"],
+            "",
+            paper,
+        )
+        metrics = contriever_metrics(paper)
+    figure1(metrics, spec, tmp_path / "f.png", paper=quoted, label=label)
+    (fig,) = drawn
+    assert_inside(fig)
+    legend = legend_of(fig)
+    renderer = fig.canvas.get_renderer()
+    assert fig.bbox.contains(*legend.get_window_extent(renderer).p0)
+    assert fig.bbox.contains(*legend.get_window_extent(renderer).p1)
+    # The axes take the figure's width (a clipped legend used to squeeze them to 2/3).
+    (ax,) = fig.axes
+    assert ax.get_position().width > 0.8
+
+
+def test_figure1_legend_names_each_column_once(tmp_path, drawn, paper):
+    config = demo_config()
+    spec = config["figures"]["figure1"]
+    figure1(demo_metrics(spec, spec["metric"]), spec, tmp_path / "f.png")
+    labels = [t.get_text() for t in legend_of(drawn[0]).get_texts()]
+    assert labels == [c["name"] for c in spec["columns"]]
+    assert labels[0] == "BM25 (computed)"  # not "BM25 (computed) (computed here)"
+    assert legend_of(drawn[0]).get_title().get_text() == "solid: computed here"
+
+    paper_spec = yaml.safe_load((ROOT / "config" / "config.yaml").read_text(encoding="utf-8"))
+    paper_spec = paper_spec["figures"]["figure1"]
+    figure1(contriever_metrics(paper), paper_spec, tmp_path / "p.png", paper=paper)
+    legend = legend_of(drawn[1])
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels == [*(c["name"] for c in paper_spec["columns"]), "paper value"]
+    assert legend.get_title().get_text() == "solid: computed here; hatched: quoted from the paper"
+
+
+def test_figure_csvs_round_to_the_papers_precision(tmp_path):
+    config = demo_config()
+    bars, sweep = config["figures"]["figure1"], config["figures"]["figure2"]
+    csv1, csv2 = tmp_path / "f1.csv", tmp_path / "f2.csv"
+    figure1(demo_metrics(bars, "recall@100"), bars, tmp_path / "f1.png", out_csv=csv1)
+    queue_sweep_figure(demo_metrics(sweep, "ndcg@10"), sweep, tmp_path / "f2.png", out_csv=csv2)
+    for csv in (csv1, csv2):
+        text = csv.read_text(encoding="utf-8")
+        assert "56.99999" not in text and "57.0" in text
+        numbers = [
+            v for line in text.splitlines() if not line.startswith("#") for v in line.split(",")
+        ]
+        decimals = [v.split(".")[1] for v in numbers if v.replace(".", "").isdigit() and "." in v]
+        assert decimals and all(len(d) == 1 for d in decimals), decimals
+
+
+def test_titles_break_at_phrase_boundaries():
+    demo = "Demo of paper Figure 2: nDCG@10 averaged over the demo data sets vs MoCo queue size"
+    assert title_lines(demo, 100) == [demo]
+    assert title_lines(demo, 80) == [
+        "Demo of paper Figure 2:",
+        "nDCG@10 averaged over the demo data sets vs MoCo queue size",
+    ]
+    assert title_lines(demo, 50) == [
+        "Demo of paper Figure 2:",
+        "nDCG@10 averaged over the demo data sets",
+        "vs MoCo queue size",
+    ]
+    assert title_lines("BM25 (paper Figure 1)", 16) == ["BM25", "(paper Figure 1)"]
+    assert title_lines("one two three four", 9) == ["one two", "three", "four"]
+    assert title_lines("a\nb", 80) == ["a", "b"]
+
+
+@pytest.mark.parametrize("config_name", ["demo.yaml", "config.yaml"])
+def test_figure2_title_keeps_phrases_and_fits(tmp_path, drawn, config_name):
+    config = yaml.safe_load((ROOT / "config" / config_name).read_text(encoding="utf-8"))
+    spec = config["figures"]["figure2"]
+    label = config.get("label", "")
+    queue_sweep_figure(demo_metrics(spec, spec["metric"]), spec, tmp_path / "f.png", label=label)
+    (fig,) = drawn
+    assert_inside(fig)
+    lines = fig.axes[0].get_title().splitlines()
+    # No line is a stray word cut from the end of a phrase ("size").
+    assert all(len(line.split()) > 1 for line in lines), lines
+    assert lines[0] == spec["caption"]
+    assert lines[1:] == ([f"[{label}]"] if label else [])

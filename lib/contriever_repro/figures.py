@@ -39,6 +39,10 @@ as a gap with an "x" on the axis, never a mean over fewer data sets. The x axis 
 with ticks at the given x values, labelled as the paper does (x // 1000: 2048 -> 2k,
 32768 -> 32k, 131072 -> 131k). The paper prints Figure 2 only as a plot, so there are no
 quoted numbers to draw beside the computed ones.
+
+Both write the plotted numbers as CSV (x100, rounded to one decimal as the paper prints
+them) after `#` lines with the caption and label, as the tables do. Titles break at
+phrase boundaries; the layout is constrained, so no title, label or legend is clipped.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ from matplotlib.ticker import NullLocator
 
 from .errors import InputError
 from .io import atomic_path
-from .tables import METRIC_FAMILIES, TableSpec, build_long, parse_table_spec
+from .tables import METRIC_FAMILIES, TableSpec, build_long, csv_comment_lines, parse_table_spec
 
 FIGURE_KINDS = ("bars", "queue_sweep")
 _FIGURE_KEYS = {
@@ -90,8 +94,75 @@ BARS_CSV_COLUMNS = [
     "paper_value",
 ]
 _COLORS = matplotlib.colormaps["tab10"].colors
+TITLE_FONTSIZE = 9
+# Where a long title may break, best first: after a colon, before "vs", before a
+# parenthesis, after a semicolon or comma (a line then ends or starts a phrase).
+_TITLE_BREAKS = ((": ", 2), (" vs ", 1), (" (", 1), ("; ", 2), (", ", 2))
+BARS_CSV_NOTE = (
+    "Values x100, rounded to one decimal; source: computed here, paper (quoted) or "
+    "missing (not computed yet); paper_value: the paper's number for that system."
+)
+SWEEP_CSV_NOTE = (
+    "value: mean over the data sets of the metric x100, rounded to one decimal; empty "
+    "when any data set is missing; n_datasets: how many are computed."
+)
 _MARKERS = ("o", "s", "^", "D", "v", "P")
 _METRIC_RE = re.compile(rf"({'|'.join(METRIC_FAMILIES)})@[1-9][0-9]*")
+
+
+def title_lines(text: str, width: int) -> list[str]:
+    """Split a title into lines of at most `width` characters, breaking at a phrase
+    boundary (see _TITLE_BREAKS) rather than mid-phrase; explicit newlines are kept.
+    A phrase longer than `width` falls back to breaking between words."""
+    out: list[str] = []
+    for line in text.splitlines() or [""]:
+        while len(line) > width:
+            cut = None
+            for sep, keep in _TITLE_BREAKS:
+                at = line.rfind(sep, 0, width + 1)
+                if at >= width // 4:  # a first line that is not a stub
+                    cut = (line[: at + keep].rstrip(), line[at + keep :].lstrip())
+                    break
+            if cut is None:
+                head, *_ = textwrap.wrap(line, width, break_long_words=False) or [line]
+                cut = (head, line[len(head) :].lstrip())
+            if not cut[1]:
+                break
+            out.append(cut[0])
+            line = cut[1]
+        out.append(line)
+    return out
+
+
+def _title(fig: Figure, caption: str, label: str) -> str:
+    """Caption, then the label on its own line, wrapped to the figure's width."""
+    # Average glyph width of DejaVu Sans is about 0.6 em.
+    width = int(fig.get_figwidth() * 72 / (TITLE_FONTSIZE * 0.6))
+    lines = title_lines(caption, width)
+    if label:
+        lines += title_lines(f"[{label}]", width)
+    return "\n".join(lines)
+
+
+def _fitting_legend(fig: Figure, handles: list, **kwargs):
+    """A legend below the axes, outside them, with as many columns as fit the figure's
+    width (constrained layout then makes room for it, so it is never clipped)."""
+    renderer = fig.canvas.get_renderer()
+    for ncol in range(len(handles), 0, -1):
+        legend = fig.legend(handles=handles, loc="outside lower center", ncol=ncol, **kwargs)
+        if ncol == 1 or legend.get_window_extent(renderer).width <= 0.96 * fig.bbox.width:
+            return legend
+        legend.remove()
+    return None
+
+
+def _write_csv(frame: pd.DataFrame, out_csv: str | Path, caption: str, label: str, note: str):
+    """The plotted numbers, after `#` lines with the caption and label (as the tables)."""
+    with atomic_path(out_csv) as tmp:
+        tmp.write_text(
+            csv_comment_lines(caption, label, note) + frame.to_csv(index=False),
+            encoding="utf-8",
+        )
 
 
 def figure_kind(name: str, spec: Any) -> str:
@@ -159,8 +230,8 @@ def figure1(
 ) -> None:
     """Draw the grouped bar chart of `spec` to `out_png` (atomic, byte-for-byte repeatable).
 
-    With `out_csv`, also write the drawn cells (x100, unrounded) so the bars can be read
-    as numbers.
+    With `out_csv`, also write the drawn cells (x100, rounded to one decimal as the
+    paper prints them) so the bars can be read as numbers.
     """
     parsed = parse_figure_spec(name, spec, paper)
     cells = figure_cells(name, spec, data, paper)
@@ -169,8 +240,9 @@ def figure1(
     n = len(columns)
     width = 0.8 / n
 
-    # A bare Figure on an Agg canvas: no pyplot global state, no display needed.
-    fig = Figure(figsize=(max(7.0, 0.75 * len(datasets) + 2.0), 5.5), dpi=100)
+    # A bare Figure on an Agg canvas: no pyplot global state, no display needed. The
+    # constrained layout keeps the title, tick labels and the legend below inside it.
+    fig = Figure(figsize=(max(7.0, 0.75 * len(datasets) + 2.0), 5.5), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     handles = []
@@ -186,8 +258,8 @@ def figure1(
             else {"facecolor": color, "alpha": 0.45, "hatch": "///", "edgecolor": color}
         )
         ax.bar(xs, heights, width=width, **style)
-        suffix = "computed here" if col.computed else "quoted from the paper"
-        handles.append(Patch(label=f"{col.name} ({suffix})", **style))
+        # The column's own name: what "solid" and "hatched" mean is the legend's title.
+        handles.append(Patch(label=col.name, **style))
         for x, d, v in zip(xs, datasets, values, strict=True):
             cell = lookup[(d, col.name)]
             if math.isnan(v) and cell["source"] == "missing":
@@ -214,23 +286,26 @@ def figure1(
     ax.set_ylim(0, 100)
     ax.grid(axis="y", linewidth=0.3)
     ax.set_axisbelow(True)
-    title = f"{parsed.caption}\n[{label}]" if label else parsed.caption
-    ax.set_title(textwrap.fill(title, 90, replace_whitespace=False), fontsize=9)
-    ax.legend(
-        handles=handles,
+    ax.set_title(_title(fig, parsed.caption, label), fontsize=TITLE_FONTSIZE)
+    key = []
+    if any(c.computed for c in columns):
+        key.append("solid: computed here")
+    if not all(c.computed for c in columns):
+        key.append("hatched: quoted from the paper")
+    _fitting_legend(
+        fig,
+        handles,
+        title="; ".join(key),
+        title_fontsize=7,
         fontsize=7,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.32),
-        ncol=min(3, len(handles)),
         frameon=False,
     )
-    fig.tight_layout()
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})
     if out_csv is not None:
-        drawn = cells.rename(columns={"row": "dataset"})[BARS_CSV_COLUMNS]
-        with atomic_path(out_csv) as tmp:
-            drawn.to_csv(tmp, index=False)
+        drawn = cells.rename(columns={"row": "dataset"})[BARS_CSV_COLUMNS].copy()
+        drawn[["value", "paper_value"]] = drawn[["value", "paper_value"]].round(1)
+        _write_csv(drawn, out_csv, parsed.caption, label, BARS_CSV_NOTE)
 
 
 # --------------------------------------------------------------------------- queue sweep
@@ -303,6 +378,10 @@ def parse_queue_sweep_spec(name: str, spec: Mapping) -> QueueSweepSpec:
             raise InputError(f"{s_where}.name: required")
         if s_name in {s.name for s in series}:
             raise InputError(f"{s_where}.name: duplicated series name {s_name!r}")
+        if "#" in s_name:
+            raise InputError(
+                f"{s_where}.name: {s_name!r}: '#' is not allowed (it starts a comment in the CSV)"
+            )
         points: list[SweepPoint] = []
         for j, point in enumerate(_nonempty_list(f"{s_where}.points", raw.get("points"))):
             p_where = f"{s_where}.points[{j}]"
@@ -390,7 +469,7 @@ def queue_sweep_figure(
     parsed = parse_queue_sweep_spec(name, spec)
     points = queue_sweep_points(name, spec, data)
 
-    fig = Figure(figsize=(7.0, 5.0), dpi=100)
+    fig = Figure(figsize=(7.0, 5.0), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     ax.set_xscale("log", base=2)
@@ -428,11 +507,12 @@ def queue_sweep_figure(
         ax.margins(y=0.15)
     ax.set_xlabel(parsed.x_label, fontsize=9)
     n = len(parsed.datasets)
-    ax.set_ylabel(f"{parsed.metric_label} (x100), mean over {n} data sets", fontsize=9)
+    ylabel = f"{parsed.metric_label} (x100), mean over {n} data sets"
+    # Wrapped to the axes' height (about 3.5 of the figure's 5 inches).
+    ax.set_ylabel("\n".join(title_lines(ylabel, int(3.5 * 72 / (9 * 0.6)))), fontsize=9)
     ax.grid(linewidth=0.3)
     ax.set_axisbelow(True)
-    title = f"{parsed.caption}\n[{label}]" if label else parsed.caption
-    ax.set_title(textwrap.fill(title, 80, replace_whitespace=False), fontsize=9)
+    ax.set_title(_title(fig, parsed.caption, label), fontsize=TITLE_FONTSIZE)
     handles, _ = ax.get_legend_handles_labels()
     if has_missing:
         handles.append(
@@ -446,18 +526,16 @@ def queue_sweep_figure(
             )
         )
     ax.legend(handles=handles, fontsize=8, loc="best")
-    fig.text(
-        0.01,
-        0.01,
-        textwrap.fill("Data sets: " + ", ".join(parsed.datasets), 140),
+    # A figure-level x label, so the constrained layout makes room for it.
+    fig.supxlabel(
+        textwrap.fill("Data sets: " + ", ".join(parsed.datasets), 150),
         fontsize=6,
-        va="bottom",
+        x=0.01,
+        ha="left",
     )
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
 
     if out_csv is not None:
-        with atomic_path(out_csv) as tmp:
-            points.to_csv(tmp, index=False)
+        _write_csv(points.round({"value": 1}), out_csv, parsed.caption, label, SWEEP_CSV_NOTE)
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})
     return points
