@@ -43,15 +43,15 @@ def test_demo_writes_every_table_and_figure(demo_run):
 def test_demo_pretraining_beats_the_untrained_model(demo_run):
     """Table 11's Contriever column comes from a tiny model pre-trained by the workflow."""
     tmp, _ = demo_run
-    wide = pd.read_csv(tmp / "results" / "table11.csv")
+    wide = pd.read_csv(tmp / "results" / "table11.csv", comment="#")
     ndcg = wide[wide["metric"] == "ndcg@10"].set_index("dataset")
     trained = ndcg["Contriever (tiny, pre-trained here)"]
     untrained = ndcg["BERT (tiny, untrained)"]
     assert trained.loc["Avg."] > untrained.loc["Avg."] + 10, (trained, untrained)
-    sweep = pd.read_csv(tmp / "results" / "figure2.csv")
+    sweep = pd.read_csv(tmp / "results" / "figure2.csv", comment="#")
     assert sorted(sweep["x"]) == [256, 1024, 4096] and sweep["value"].notna().all()
     for table in ("table6", "table7", "table8"):
-        cells = pd.read_csv(tmp / "results" / f"{table}.csv").set_index("dataset")
+        cells = pd.read_csv(tmp / "results" / f"{table}.csv", comment="#").set_index("dataset")
         assert cells.notna().all().all(), table
 
 
@@ -65,11 +65,13 @@ def test_demo_table_cells_trace_back_to_runs(demo_run):
             assert Path(run).is_file(), run
     assert cells["config_hash"].str.len().gt(0).all()
     assert "demo" in (tmp / "results" / "table2.md").read_text()
+    for name in ("table2.csv", "figure1.csv", "figure2.csv"):
+        assert (tmp / "results" / name).read_text().startswith("# [demo "), name
 
 
 def test_demo_bm25_is_strong_and_untrained_model_is_weak(demo_run):
     tmp, _ = demo_run
-    wide = pd.read_csv(tmp / "results" / "table2.csv").set_index("dataset")
+    wide = pd.read_csv(tmp / "results" / "table2.csv", comment="#").set_index("dataset")
     bm25 = wide["BM25 (computed)"]
     untrained = wide["Ours (tiny BERT, untrained)"]
     assert (bm25.loc["demo-scifact"] > 50) and (bm25.loc["Avg."] > 50)
