@@ -41,5 +41,6 @@ bench: install
 bench-pretrain: install
 	$(BIN)/python bench/bench_pretrain.py --out bench/out
 
+# Removes only what `make demo` writes: config/demo.yaml's work_dir and results_dir.
 clean-demo:
-	rm -rf work/demo results/*.csv results/*.parquet results/*.md results/*.png
+	rm -rf work/demo results/demo
