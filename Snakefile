@@ -2,10 +2,18 @@
 # Default config is the paper (config/config.yaml); `--configfile config/demo.yaml`
 # runs the offline demo instead: a config file given on the command line replaces the
 # paper config rather than being merged into it (`--config key=value` still overrides).
+# An overlay that starts with `extends: config/config.yaml` adds to that config instead
+# (config/examples/own_model.yaml).
+
+import sys
+from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
+sys.path.insert(0, str(Path(workflow.basedir) / "lib"))
+
+from contriever_repro import plan  # noqa: E402
 
 
 if not workflow.overwrite_configfiles:
@@ -13,6 +21,9 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
+_resolved = plan.resolve_extends(config, workflow.basedir)
+config.clear()
+config.update(_resolved)
 validate(config, "workflow/schemas/config.schema.yaml")
 
 

@@ -24,7 +24,11 @@ WORKFLOW_PREFIX = "workflow:"
 SUBSET_SEP = "--"
 # Output names the `table` and `figure` rules accept (their wildcard constraints): a
 # config key that does not match has no rule to build it.
-REPORT_KEYS = {"tables": r"table\d+[a-z]?", "figures": r"figure\d+[a-z]?"}
+# `tableN`/`tableNa` for the paper's, `table-<name>` for a user's own (e.g. table-own).
+REPORT_KEYS = {
+    "tables": r"table(?:\d+[a-z]?|-[a-z0-9][a-z0-9_-]*)",
+    "figures": r"figure(?:\d+[a-z]?|-[a-z0-9][a-z0-9_-]*)",
+}
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,47 @@ class Unit:
     source: str  # "beir" (download), "local" (folder) or "demo" (generated)
     path: str | None  # local folder, for source == "local"
     shards: int
+
+
+def resolve_extends(config: dict, base_dir: str | Path = ".") -> dict:
+    """The config a run uses: an overlay with `extends: <file>` is merged onto that file.
+
+    A config given with `--configfile` replaces the paper config (the demo is a whole
+    config of its own); an overlay that only adds a model or a table names the config it
+    builds on instead, and its values (and `--config` ones, already in it) win, merged
+    key by key as Snakemake merges config files. Chains of `extends` are followed.
+    """
+    import yaml
+
+    config = dict(config)
+    seen: list[str] = []
+    while base := config.pop("extends", None):
+        path = Path(base_dir) / base
+        if str(path) in seen:
+            raise InputError(f"extends: cycle through {path}")
+        seen.append(str(path))
+        if not path.is_file():
+            raise InputError("extends: the config file it names does not exist", path)
+        with open(path, encoding="utf-8") as fh:
+            parent = yaml.safe_load(fh) or {}
+        config = _merged(parent, config)
+    if "work_dir" not in config:
+        raise InputError(
+            "config has no work_dir: a --configfile replaces config/config.yaml. To add "
+            "models or tables to the paper (or the demo) config, start your file with "
+            "`extends: config/config.yaml` (or config/demo.yaml)"
+        )
+    return config
+
+
+def _merged(base: Mapping, overlay: Mapping) -> dict:
+    out = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def dataset_units(config: dict, catalog: dict) -> dict[str, list[Unit]]:
@@ -200,8 +245,8 @@ def check_reports(config: dict, paper: Mapping | None = None) -> None:
             if not re.fullmatch(pattern, str(name)):
                 stem = kind[:-1]
                 raise InputError(
-                    f"{kind}.{name}: a {stem} key must look like {stem}N or {stem}N<letter> "
-                    f"(e.g. {stem}2, {stem}11b; pattern {pattern}): the key is the output "
+                    f"{kind}.{name}: a {stem} key must look like {stem}N, {stem}N<letter> or "
+                    f"{stem}-<name> (e.g. {stem}2, {stem}11b, {stem}-own; pattern {pattern}): the key is the output "
                     f"file name (results_dir/{stem}N...) and the {stem} rule builds no "
                     "other names"
                 )
