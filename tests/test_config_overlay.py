@@ -38,7 +38,10 @@ def test_a_config_without_work_dir_says_how_to_extend(tmp_path):
 def test_readme_example_plans_the_own_model_table_on_the_paper_config():
     """The README's worked example, as written (dry run: the real one downloads BEIR)."""
     proc = snakemake(
-        "-n", "results/table-own.csv", "--configfile", "config/examples/own_model.yaml",
+        "-n",
+        "results/table-own.csv",
+        "--configfile",
+        "config/examples/own_model.yaml",
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr + proc.stdout

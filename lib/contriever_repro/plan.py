@@ -246,9 +246,9 @@ def check_reports(config: dict, paper: Mapping | None = None) -> None:
                 stem = kind[:-1]
                 raise InputError(
                     f"{kind}.{name}: a {stem} key must look like {stem}N, {stem}N<letter> or "
-                    f"{stem}-<name> (e.g. {stem}2, {stem}11b, {stem}-own; pattern {pattern}): the key is the output "
-                    f"file name (results_dir/{stem}N...) and the {stem} rule builds no "
-                    "other names"
+                    f"{stem}-<name> (e.g. {stem}2, {stem}11b, {stem}-own; pattern {pattern}): "
+                    f"the key is the output file name (results_dir/{stem}N...) and the {stem} "
+                    "rule builds no other names"
                 )
     check_references(config)
     if paper is None and any(reports.values()):
