@@ -37,6 +37,24 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
 
 
+# Run by Snakemake itself on the submit host, never submitted: downloads and hub
+# prefetches (compute nodes may have no internet) and jobs of seconds (unpacking,
+# scoring, merging, tables, figures, the demo world), which would wait in the queue
+# far longer than they run. Heavy jobs (conversion, encoding, search, BM25,
+# tokenisation, training) are submitted with the resources in config `resources:`.
+localrules:
+    download_beir,
+    download_corpus,
+    prefetch_model,
+    unpack_beir,
+    evaluate,
+    dataset_metrics,
+    table,
+    figure,
+    demo_world,
+    build_tiny_bert,
+
+
 rule all:
     default_target: True
     input:

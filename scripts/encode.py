@@ -2,13 +2,18 @@
 
 import argparse
 import json
+import os
 
-import torch
+# Encoding jobs never contact the hub: they read a local folder (a prefetched hub
+# snapshot, a model built by the workflow, or the user's). Set before transformers loads.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
-from contriever_repro import encode as enc
-from contriever_repro.cli import run_main, set_threads
-from contriever_repro.io import read_table
-from contriever_repro.models import ModelSpec, load_encoder
+import torch  # noqa: E402
+
+from contriever_repro import encode as enc  # noqa: E402
+from contriever_repro.cli import run_main, set_threads  # noqa: E402
+from contriever_repro.io import read_table  # noqa: E402
+from contriever_repro.models import DEVICES, ModelSpec, choose_device, load_encoder  # noqa: E402
 
 
 def main():
@@ -22,13 +27,16 @@ def main():
     ap.add_argument("--out-prefix", required=True)
     ap.add_argument("--resume-dir", default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", choices=DEVICES, default="auto", help="config `device`")
+    ap.add_argument("--gpus", type=int, default=0, help="GPUs the job was given")
     args = ap.parse_args()
+    # Before anything else: a GPU job that sees no GPU fails now, not at its time limit.
+    device = choose_device(args.device, args.gpus, torch.cuda.is_available())
     set_threads(args.threads)
 
     cfg = json.loads(args.spec)
     spec = ModelSpec.from_config(cfg.pop("name"), cfg, source=args.source or None)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer, model = load_encoder(spec, device)
+    tokenizer, model = load_encoder(spec, device, offline=True)
 
     if args.side == "corpus":
         table = read_table(args.input, "corpus")

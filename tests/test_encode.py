@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from contriever_repro import encode as enc
 from contriever_repro.errors import InputError
+from contriever_repro.io import write_table
 from contriever_repro.models import ModelSpec, load_encoder
 
 TEXTS = [
@@ -96,3 +103,44 @@ def test_chunks_from_another_configuration_are_discarded(minilm, tmp_path):
     np.save(stale, np.zeros_like(np.load(stale)))  # poison: would show up if reused
     again = _encode(minilm, TEXTS, resume_dir=tmp_path, resume_key="model-b", chunk_size=2)
     np.testing.assert_allclose(first, again, atol=1e-6)
+
+
+# ------------------------------------------------------------- the script's device
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "encode.py"
+
+
+def _run_script(*args, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(SCRIPT.parents[1] / "lib"), "CUDA_VISIBLE_DEVICES": ""}
+    spec = json.dumps({"name": "m", "source": "facebook/contriever"})
+    cmd = [sys.executable, str(SCRIPT), "queries", "--spec", spec,
+           "--input", str(tmp_path / "queries.parquet"), "--out-prefix", str(tmp_path / "q"),
+           *args]  # fmt: skip
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_gpu_job_without_cuda_fails_at_once_before_any_work(tmp_path):
+    proc = _run_script("--device", "auto", "--gpus", "1", tmp_path=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "given 1 GPU(s)" in proc.stderr and "CUDA is not visible" in proc.stderr
+    assert "refusing to encode on CPU" in proc.stderr
+    assert not list(tmp_path.iterdir())  # nothing read, nothing written
+
+
+def test_encoding_job_never_loads_from_the_hub(tmp_path, minilm_path):
+    write_table(
+        pd.DataFrame({"query_id": ["q1"], "text": ["what is x"]}),
+        tmp_path / "queries.parquet",
+        "queries",
+    )
+    proc = _run_script("--device", "auto", "--gpus", "0", tmp_path=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "'facebook/contriever' is not a local folder" in proc.stderr
+    # With the prefetched (here: a real local) folder it encodes, on CPU as the config says.
+    proc = _run_script(
+        "--device", "cpu", "--gpus", "0", "--source", str(minilm_path), tmp_path=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((tmp_path / "q.json").read_text())
+    assert meta["device"] == "cpu"
+    assert np.load(tmp_path / "q.npy").shape == (1, 384)

@@ -6,8 +6,10 @@ import os
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from contriever_repro.io import write_table
 from workflow_utils import ROOT, snakemake
 
 pytestmark = pytest.mark.workflow
@@ -103,11 +105,50 @@ def test_gpu_rules_request_gpus_with_the_gpu_resource(slurm_dry_run):
             assert job["resources"].get("gpu", "0") == "0", (rule, job["resources"])
 
 
-def test_account_and_partition_come_from_the_profile(slurm_dry_run):
-    out, calls = slurm_dry_run
-    assert "slurm_account=" in out and "slurm_partition=" in out
-    # A dry run submits nothing.
+def test_a_dry_run_submits_nothing(slurm_dry_run):
+    _, calls = slurm_dry_run
     assert not calls.exists() or "sbatch" not in calls.read_text()
+
+
+def test_hub_models_are_prefetched_once_and_encoded_from_the_local_copy(slurm_dry_run):
+    out, _ = slurm_dry_run
+    jobs = _jobs(out)
+    assert [j["wildcards"] for j in jobs["prefetch_model"]] == [
+        {"repo": "facebook--contriever-msmarco"}
+    ]
+    assert (
+        "--repo-id facebook/contriever-msmarco --revision= --users models.contriever-msmarco" in out
+    )
+    encodes = re.findall(r"(?m)^Shell command: .*scripts/encode\.py .*$", out)
+    assert len(encodes) == 48 + 26
+    for cmd in encodes:
+        assert "--source work/paper/models/hub/facebook--contriever-msmarco" in cmd, cmd
+        assert "--device auto --gpus 1" in cmd, cmd  # a GPU job: no silent CPU fallback
+    # the encode jobs wait for the prefetch
+    blocks = re.split(r"\n(?=\[.*\]\n(?:local)?rule )", out)
+    for block in blocks:
+        if re.search(r"(?m)^rule encode_(corpus|queries):", block):
+            assert re.search(
+                r"(?m)^\s+input: .*work/paper/models/hub/facebook--contriever-msmarco", block
+            )
+
+
+def test_partitions_and_account_come_from_the_config_per_rule(fake_slurm):
+    proc = snakemake(
+        "-n", "--profile", "slurm", "results/table2.csv", "--nolock",
+        "--config", "slurm_account=acct", "slurm_gpu_partition=gpuq", "slurm_cpu_partition=cpuq",
+        cwd=ROOT, env={"PATH": fake_slurm["PATH"]},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    jobs = _jobs(proc.stdout + proc.stderr)
+    for rule, partition in [
+        ("encode_corpus", "gpuq"), ("encode_queries", "gpuq"), ("search", "gpuq"),
+        ("bm25", "cpuq"), ("convert_beir", "cpuq"),
+    ]:  # fmt: skip
+        for job in jobs[rule]:
+            res = job["resources"]
+            assert res["slurm_partition"] == partition and res["slurm_account"] == "acct", res
+            assert int(res["runtime"]) >= 60 and int(res["mem_mb"]) >= 8000, res
 
 
 def test_plain_dry_run_table11_uses_the_unsupervised_checkpoint():
@@ -185,3 +226,101 @@ def test_pretraining_targets_show_the_whole_dag(fake_slurm, target, experiments)
         assert res["nodes"] == "4" and res["gres"] == "gpu:8" and res["runtime"] == "4320"
     assert "srun --overlap --nodes 4 --ntasks-per-node 1" in out
     assert "-m torch.distributed.run --nnodes 4 --nproc-per-node 8" in out
+
+
+# --------------------------------------------------------- what reaches sbatch
+
+
+@pytest.fixture
+def failing_sbatch(tmp_path):
+    """sbatch that records its command line and refuses the job (so the run ends at
+    once); sacctmgr knows the account `acct`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "sbatch.log"
+    tools = {
+        "sbatch": f'echo "sbatch $*" >> "{calls}"\necho "refused by the test" >&2\nexit 1',
+        "sacctmgr": "echo acct",
+        "sacct": "true",
+        "squeue": "true",
+        "sinfo": "true",
+        "scontrol": "true",
+    }
+    for tool, body in tools.items():
+        (bin_dir / tool).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / tool).chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "calls": calls}
+
+
+def _touch_chain(work: Path, dataset: str, tables: dict | None = None) -> None:
+    """Everything upstream of data/<dataset>/*.parquet, oldest first."""
+    (work / "downloads" / "beir").mkdir(parents=True, exist_ok=True)
+    (work / "downloads" / "beir" / f"{dataset}.zip").write_bytes(b"")
+    (work / "raw" / "beir" / dataset).mkdir(parents=True, exist_ok=True)
+    for kind, df in (tables or {}).items():
+        write_table(df, work / "data" / dataset / f"{kind}.parquet", kind)
+
+
+def test_what_reaches_sbatch_and_what_runs_on_the_submit_host(tmp_path, failing_sbatch):
+    work = tmp_path / "work"
+    queries = pd.DataFrame({"query_id": ["q1"], "text": ["x"]})
+    corpus = pd.DataFrame({"doc_id": ["d1"], "title": [""], "text": ["x"]})
+    qrels = pd.DataFrame({"query_id": ["q1"], "doc_id": ["d1"], "relevance": [1]})
+    run = pd.DataFrame({"query_id": ["q1"], "doc_id": ["d1"], "rank": [1], "score": [1.0]})
+    # scifact: scored on the submit host (evaluate, dataset_metrics are localrules)
+    _touch_chain(work, "scifact", {"qrels": qrels, "queries": queries, "corpus": corpus})
+    write_table(run, work / "runs" / "bm25" / "bm25" / "scifact.parquet", "run")
+    # contriever-msmarco already prefetched: its query encoding is a GPU job
+    (work / "models" / "hub" / "facebook--contriever-msmarco").mkdir(parents=True)
+    # nfcorpus: BM25, a CPU job
+    _touch_chain(work, "nfcorpus", {"queries": queries, "corpus": corpus})
+    # fiqa: unpacked, not converted; its conversion is sized from corpus.jsonl (3 MiB)
+    _touch_chain(work, "fiqa")
+    (work / "raw" / "beir" / "fiqa" / "corpus.jsonl").write_bytes(b"x" * 3 * 2**20)
+    # facebook/contriever: not prefetched; the hub is unreachable, the fetch must be local
+    targets = [
+        f"{work}/metrics/bm25/datasets/scifact.parquet",
+        f"{work}/embeddings/contriever-msmarco/scifact/queries.npy",
+        f"{work}/runs/bm25/bm25/nfcorpus.parquet",
+        f"{work}/data/fiqa/corpus.parquet",
+        f"{work}/models/hub/facebook--contriever",
+    ]
+    proc = snakemake(
+        "--profile", "slurm", *targets, "--retries", "0",
+        "--slurm-init-seconds-before-status-checks", "1",  # else shutdown waits 40 s
+        "--set-resources", "encode_queries:runtime=99",
+        "--config", f"work_dir={work}", f"results_dir={tmp_path / 'results'}",
+        "slurm_account=acct", "slurm_gpu_partition=gpuq", "slurm_cpu_partition=cpuq",
+        cwd=ROOT, env={"PATH": failing_sbatch["PATH"], "HF_HUB_OFFLINE": "1"}, timeout=120,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]  # the fake sbatch refuses every job
+    calls = failing_sbatch["calls"].read_text().splitlines()
+    by_rule = {re.search(r"--comment '?rule_(\w+?)_wildcards", c).group(1): c for c in calls}
+    assert sorted(by_rule) == ["bm25", "convert_beir", "encode_queries"], calls
+    enc = by_rule["encode_queries"]
+    # --set-resources for one key keeps the rest: partition, account, memory, GPUs
+    assert "-p gpuq" in enc and "-A acct" in enc and "-t 99" in enc, enc
+    assert "--mem 32000" in enc and "--cpus-per-task=4" in enc and "--gpus=1" in enc, enc
+    bm25 = by_rule["bm25"]
+    assert "-p cpuq" in bm25 and "-A acct" in bm25 and "-t 720" in bm25, bm25
+    assert "--gpus" not in bm25 and "--mem 128000" in bm25, bm25
+    conv = by_rule["convert_beir"]
+    assert "-p cpuq" in conv and "--mem 1015" in conv and "-t 60" in conv, conv
+    # localrules ran here: scoring finished, the prefetch was tried (offline) and failed
+    assert (work / "metrics" / "bm25" / "datasets" / "scifact.parquet").is_file()
+    log = work / "logs" / "prefetch_model" / "facebook--contriever.log"
+    assert "OfflineModeIsEnabled" in log.read_text() or "offline" in log.read_text().lower()
+    assert not (work / "models" / "hub" / "facebook--contriever").exists()
+
+
+def test_tokenizers_and_inits_from_the_hub_are_prefetched_too():
+    proc = snakemake("-n", "-p", "results/table6.csv", "--nolock", cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = _jobs(proc.stdout)
+    assert [j["wildcards"] for j in jobs["prefetch_model"]] == [{"repo": "bert-base-uncased"}]
+    folder = "work/paper/models/hub/bert-base-uncased"
+    tokenize = re.findall(r"(?m)^Shell command: .*tokenize_corpus\.py .*$", proc.stdout)
+    assert tokenize and all(f"--tokenizer {folder} " in c for c in tokenize)
+    pretrain = re.findall(r"(?m)^Shell command: .*pretrain\.py .*$", proc.stdout)
+    assert len(pretrain) == 2 and all(f"--init {folder} " in c for c in pretrain)

@@ -29,6 +29,7 @@ REPORT_KEYS = {
     "tables": r"table(?:\d+[a-z]?|-[a-z0-9][a-z0-9_-]*)",
     "figures": r"figure(?:\d+[a-z]?|-[a-z0-9][a-z0-9_-]*)",
 }
+COMMIT_HASH = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,123 @@ def model_kind(config: dict, model: str) -> str:
 def workflow_model_name(source: str) -> str | None:
     """`workflow:<name>` names a model folder that a rule of this workflow builds."""
     return source[len(WORKFLOW_PREFIX) :] if source.startswith(WORKFLOW_PREFIX) else None
+
+
+def is_hub_id(source: str) -> bool:
+    """True for a Hugging Face hub id (`name` or `org/name`), which must be prefetched.
+
+    `workflow:<name>` is built here; anything that exists on disk, starts like a path
+    (`/`, `.`, `~`) or has more than one `/` is a local folder, read in place.
+    """
+    if not source or workflow_model_name(source) is not None:
+        return False
+    if source.startswith(("/", ".", "~")) or source.count("/") > 1:
+        return False
+    return not Path(source).exists()
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """A hub repository the workflow fetches once, on the submit host, into
+    work_dir/models/hub/<slug>, at `revision` (None: not pinned)."""
+
+    repo_id: str
+    revision: str | None
+    users: tuple[str, ...]  # the config keys that use it, e.g. "models.contriever"
+
+    @property
+    def slug(self) -> str:
+        return hub_slug(self.repo_id)
+
+
+def hub_slug(repo_id: str) -> str:
+    """Folder name of a hub repository: `org/name` -> `org--name`."""
+    return repo_id.replace("/", SUBSET_SEP)
+
+
+def hub_sources(config: dict) -> dict[str, HubSource]:
+    """Every hub repository the config uses (dense models, tokenizers, pre-training
+    inits), by folder slug. A repository is fetched once, at the revision that any of
+    its users pins (models.<m>.revision, tokenizers.<t>.revision); two different pins
+    of one repository are an error, since both would read the same snapshot."""
+    uses: dict[str, list[tuple[str, str | None]]] = {}
+    for name, cfg in (config.get("models") or {}).items():
+        cfg = cfg or {}
+        if cfg.get("type", "dense") == "dense" and is_hub_id(cfg.get("source", "")):
+            uses.setdefault(cfg["source"], []).append((f"models.{name}", cfg.get("revision")))
+    for name, cfg in (config.get("tokenizers") or {}).items():
+        if is_hub_id(cfg.get("source", "")):
+            uses.setdefault(cfg["source"], []).append((f"tokenizers.{name}", cfg.get("revision")))
+    for name in config.get("pretraining") or {}:
+        init = pretrain_config(config, name).init
+        if is_hub_id(init):
+            uses.setdefault(init, []).append((f"pretraining.{name}.init", None))
+    out = {}
+    for repo_id, users in uses.items():
+        pins = {key: rev for key, rev in users if rev}
+        if len(set(pins.values())) > 1:
+            listed = ", ".join(f"{key}: {rev}" for key, rev in pins.items())
+            raise InputError(
+                f"hub model {repo_id!r} is pinned to different revisions ({listed}); "
+                "all users of a repository share one snapshot: give them the same revision"
+            )
+        source = HubSource(repo_id, next(iter(pins.values()), None), tuple(k for k, _ in users))
+        if source.slug in out:
+            raise InputError(
+                f"hub models {out[source.slug].repo_id!r} and {repo_id!r} would share the "
+                f"folder models/hub/{source.slug}"
+            )
+        out[source.slug] = source
+    return out
+
+
+def revision_warning(source: HubSource) -> str | None:
+    """Why a hub model's results are not pinned, or None when its revision is a commit."""
+    users = ", ".join(source.users[:2]) + (
+        f" and {len(source.users) - 2} more" if len(source.users) > 2 else ""
+    )
+    if source.revision is None:
+        return (
+            f"{source.repo_id} ({users}): no revision: results are not pinned (a re-upload "
+            "to the hub would change them). Set `revision:` to a commit hash "
+            f"(https://huggingface.co/{source.repo_id}/commits/main) on {source.users[0]}"
+        )
+    if not COMMIT_HASH.fullmatch(source.revision):
+        return (
+            f"{source.repo_id} ({users}): revision {source.revision!r} is a branch or tag, "
+            "not a 40-character commit hash: results are not pinned"
+        )
+    return None
+
+
+def slurm_placement(config: dict, gpu: bool) -> dict[str, str]:
+    """SLURM account and partition of a submitted job from the config keys
+    slurm_account, slurm_gpu_partition (jobs given GPUs) and slurm_cpu_partition (the
+    others). Only keys that are set: an unset one leaves the profile's default-resources
+    (or the plugin's guess and the cluster's default partition) in charge."""
+    out = {}
+    if config.get("slurm_account"):
+        out["slurm_account"] = str(config["slurm_account"])
+    partition = config.get("slurm_gpu_partition" if gpu else "slurm_cpu_partition")
+    if partition:
+        out["slurm_partition"] = str(partition)
+    return out
+
+
+# Converting a BEIR corpus holds it in memory: peak RSS measured at 3.7x the size of
+# corpus.jsonl (325 MB -> 1.2 GB, 5.7 s), so 5x plus the interpreter.
+CONVERT_MEM_PER_MB = 5
+CONVERT_MEM_BASE_MB = 1000
+
+
+def convert_mem_mb(corpus_bytes: int | None, attempt: int = 1, fallback: int = 8000) -> int:
+    """Memory (MB) for converting a corpus of `corpus_bytes` (None: not unpacked yet, as
+    in a dry-run: `fallback`); doubled on each retry, in case a job ran out of memory."""
+    if corpus_bytes is None:
+        base = fallback
+    else:
+        base = CONVERT_MEM_BASE_MB + CONVERT_MEM_PER_MB * -(-corpus_bytes // 2**20)
+    return int(base * 2 ** (max(attempt, 1) - 1))
 
 
 def table_cells(table: dict) -> list[tuple[str, str]]:

@@ -23,6 +23,8 @@ IDENTICAL_IDS = (
     else "--keep-identical-ids"
 )
 SCRIPTS = str(Path(workflow.basedir) / "scripts")
+# Device of encoding jobs (auto | cuda | cpu); a job given GPUs that sees no CUDA fails.
+DEVICE = config.get("device", "auto")
 
 with open(config["beir_catalog"]) as fh:
     BEIR_CATALOG = yaml.safe_load(fh)
@@ -51,11 +53,27 @@ def res(rule_name, key, fallback=None):
     )
 
 
+def slurm_placement(gpu):
+    """slurm_account / slurm_partition of a submitted job, from the config's slurm_*
+    keys (only those set, so the profile's default-resources still apply otherwise)."""
+    return plan.slurm_placement(config, gpu)
+
+
 def rule_resources(rule_name):
     """Only what the config sets: anything else comes from the profile's default-resources
-    (never a 0 that SLURM would read as "all the node's memory")."""
+    (never a 0 that SLURM would read as "all the node's memory"); GPU rules go to the
+    GPU partition, the others to the CPU partition."""
     keys = ("gpu", "cpus_per_task", "mem_mb", "runtime")
-    return {k: v for k in keys if (v := res(rule_name, k)) is not None}
+    out = {k: v for k in keys if (v := res(rule_name, k)) is not None}
+    return {**out, **slurm_placement(bool(out.get("gpu")))}
+
+
+def convert_mem_mb(wildcards, attempt):
+    """Memory of a BEIR conversion, from the size of its corpus.jsonl (known once the
+    data set is unpacked; Snakemake re-evaluates resources just before submitting)."""
+    corpus = Path(unit_source_folder(wildcards)) / "corpus.jsonl"
+    size = corpus.stat().st_size if corpus.is_file() else None
+    return plan.convert_mem_mb(size, attempt, fallback=res("convert", "mem_mb", 8000))
 
 
 def model_cfg(model):
@@ -68,14 +86,36 @@ def model_spec_json(model):
     return json.dumps({"name": model, **cfg}, sort_keys=True)
 
 
+# Hub repositories (dense models, tokenizers, pre-training inits), by folder slug:
+# fetched on the submit host (rule prefetch_model, a localrule) into models/hub/<slug>;
+# cluster jobs read that folder, offline.
+HUB = plan.hub_sources(config)
+if workflow.is_main_process:
+    for _source in HUB.values():
+        if _warning := plan.revision_warning(_source):
+            print(f"warning: {_warning}", file=sys.stderr)
+
+
+def hub_folder(source):
+    """The prefetched folder of a hub id, or None for anything else."""
+    return (
+        f"{WORK}/models/hub/{plan.hub_slug(source)}" if plan.is_hub_id(source) else None
+    )
+
+
 def model_folder(model):
-    """Local folder of a model built by this workflow, or [] for hub/local models."""
+    """The local folder a dense model is loaded from: built by this workflow, or its
+    hub snapshot prefetched by rule prefetch_model; [] for a local folder (read in place).
+    """
     built = plan.workflow_model_name(model_cfg(model).get("source", ""))
-    return [f"{WORK}/models/{built}"] if built else []
+    if built:
+        return [f"{WORK}/models/{built}"]
+    folder = hub_folder(model_cfg(model).get("source", ""))
+    return [folder] if folder else []
 
 
 def source_arg(model):
-    """`--source <folder>` for a model built by this workflow, else nothing."""
+    """`--source <folder>` for a built or prefetched model, else nothing."""
     folder = model_folder(model)
     return f"--source {shlex.quote(folder[0])}" if folder else ""
 
@@ -208,14 +248,16 @@ def corpus_prepare_args(wildcards, input):
 
 
 def tokenizer_source(tok):
-    src = TOKENIZERS[tok]["source"]
-    built = plan.workflow_model_name(src)
-    return f"{WORK}/models/{built}" if built else src
+    return (tokenizer_input(tok) or [TOKENIZERS[tok]["source"]])[0]
 
 
 def tokenizer_input(tok):
-    built = plan.workflow_model_name(TOKENIZERS[tok]["source"])
-    return [f"{WORK}/models/{built}"] if built else []
+    """The tokenizer's folder: built by this workflow or prefetched from the hub."""
+    src = TOKENIZERS[tok]["source"]
+    built = plan.workflow_model_name(src)
+    if built:
+        return [f"{WORK}/models/{built}"]
+    return [hub_folder(src)] if hub_folder(src) else []
 
 
 def shard_files(tok, corpus):
@@ -233,14 +275,15 @@ def experiment(name):
 def pretrain_inputs(name):
     cfg = experiment(name)
     files = [f for src in cfg.sources for f in shard_files(cfg.tokenizer, src)]
-    built = plan.workflow_model_name(cfg.init)
-    return files + ([f"{WORK}/models/{built}"] if built else [])
+    init = pretrain_init(name)
+    return files + ([init] if init != cfg.init else [])
 
 
 def pretrain_init(name):
+    """The init model's folder: built by this workflow or prefetched from the hub."""
     init = experiment(name).init
     built = plan.workflow_model_name(init)
-    return f"{WORK}/models/{built}" if built else init
+    return f"{WORK}/models/{built}" if built else (hub_folder(init) or init)
 
 
 def pretrain_sources(name):

@@ -43,7 +43,7 @@ rule convert_beir:
     log:
         f"{WORK}/logs/convert_beir/{{unit}}.log",
     resources:
-        **rule_resources("convert"),
+        **{**rule_resources("convert"), "mem_mb": convert_mem_mb},
     params:
         py=PY,
         script=f"{SCRIPTS}/convert_beir.py",

@@ -17,3 +17,25 @@ rule build_tiny_bert:
     shell:
         "{params.py} {params.script} --spec {params.spec:q} --demo-root {input:q} "
         "--out {output:q} 2> {log:q}"
+
+
+# Hub models (dense models, tokenizers, pre-training inits) are fetched on the submit
+# host (a localrule: compute nodes may have no internet), once per repository, at the
+# commit pinned by `revision`; cluster jobs then load the folder offline. The revision
+# is a param, so changing it fetches again and reruns what used the old snapshot.
+rule prefetch_model:
+    output:
+        directory(f"{WORK}/models/hub/{{repo}}"),
+    log:
+        f"{WORK}/logs/prefetch_model/{{repo}}.log",
+    wildcard_constraints:
+        repo="|".join(map(re.escape, HUB)) or "^$",
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/prefetch_model.py",
+        repo_id=lambda wc: HUB[wc.repo].repo_id,
+        revision=lambda wc: HUB[wc.repo].revision or "",
+        users=lambda wc: list(HUB[wc.repo].users),
+    shell:
+        "{params.py} {params.script} --repo-id {params.repo_id:q} "
+        "--revision={params.revision:q} --users {params.users:q} --out {output:q} 2> {log:q}"

@@ -58,6 +58,8 @@ rule split_corpus:
         f"{WORK}/logs/split_corpus/{{corpus}}.log",
     wildcard_constraints:
         corpus="|".join(map(re.escape, CORPORA)) or "^$",
+    resources:
+        **rule_resources("split_corpus"),
     params:
         py=PY,
         script=f"{SCRIPTS}/split_corpus.py",
@@ -108,6 +110,7 @@ rule pretrain:
         name="|".join(map(re.escape, PRETRAINING)) or "^$",
     retries: max([plan.pretrain_config(config, n).max_restarts for n in PRETRAINING] or [0])
     resources:
+        **slurm_placement(gpu=True),
         nodes=lambda wc: pretrain_resources(wc.name)["nodes"],
         gpu=lambda wc: pretrain_resources(wc.name).get("gpu", 0),
         gres=lambda wc: pretrain_resources(wc.name).get("gres", ""),

@@ -21,11 +21,13 @@ rule encode_corpus:
         source=lambda wc: source_arg(wc.model),
         prefix=lambda wc, output: output.emb[: -len(".npy")],
         resume=lambda wc, output: output.emb[: -len(".npy")] + ".partial",
+        device=DEVICE,
+        gpus=lambda wc, resources: resources.get("gpu", 0),
     shell:
         "{params.py} {params.script} corpus --spec {params.spec:q} {params.source} "
         "--input {input.corpus:q} --shard {wildcards.shard} --num-shards {wildcards.n} "
         "--out-prefix {params.prefix:q} --resume-dir {params.resume:q} "
-        "--threads {threads} 2> {log:q}"
+        "--device {params.device} --gpus {params.gpus} --threads {threads} 2> {log:q}"
 
 
 rule encode_queries:
@@ -47,10 +49,12 @@ rule encode_queries:
         spec=lambda wc: model_spec_json(wc.model),
         source=lambda wc: source_arg(wc.model),
         prefix=lambda wc, output: output.emb[: -len(".npy")],
+        device=DEVICE,
+        gpus=lambda wc, resources: resources.get("gpu", 0),
     shell:
         "{params.py} {params.script} queries --spec {params.spec:q} {params.source} "
-        "--input {input.queries:q} --out-prefix {params.prefix:q} --threads {threads} "
-        "2> {log:q}"
+        "--input {input.queries:q} --out-prefix {params.prefix:q} "
+        "--device {params.device} --gpus {params.gpus} --threads {threads} 2> {log:q}"
 
 
 rule search:
