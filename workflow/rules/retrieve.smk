@@ -22,10 +22,10 @@ rule encode_corpus:
         prefix=lambda wc, output: output.emb[: -len(".npy")],
         resume=lambda wc, output: output.emb[: -len(".npy")] + ".partial",
     shell:
-        "{params.py} {params.script} corpus --spec {params.spec:q} {params.source} "
-        "--input {input.corpus:q} --shard {wildcards.shard} --num-shards {wildcards.n} "
+        "{params.py:q} {params.script:q} corpus --spec {params.spec:q} {params.source} "
+        "--input {input.corpus:q} --shard {wildcards.shard:q} --num-shards {wildcards.n:q} "
         "--out-prefix {params.prefix:q} --resume-dir {params.resume:q} "
-        "--threads {threads} 2> {log:q}"
+        "--threads {threads:q} 2> {log:q}"
 
 
 rule encode_queries:
@@ -48,8 +48,8 @@ rule encode_queries:
         source=lambda wc: source_arg(wc.model),
         prefix=lambda wc, output: output.emb[: -len(".npy")],
     shell:
-        "{params.py} {params.script} queries --spec {params.spec:q} {params.source} "
-        "--input {input.queries:q} --out-prefix {params.prefix:q} --threads {threads} "
+        "{params.py:q} {params.script:q} queries --spec {params.spec:q} {params.source} "
+        "--input {input.queries:q} --out-prefix {params.prefix:q} --threads {threads:q} "
         "2> {log:q}"
 
 
@@ -71,13 +71,13 @@ rule search:
         top_k=config["evaluation"]["top_k"],
         identical=IDENTICAL_IDS,
         shard_args=lambda wc, input: " ".join(
-            f"--shard {s[: -len('.npy')]}" for s in input.shards
+            f"--shard {shlex.quote(s[: -len('.npy')])}" for s in input.shards
         ),
         queries=lambda wc, input: input.queries[: -len(".npy")],
     shell:
-        "{params.py} {params.script} --queries {params.queries:q} {params.shard_args} "
-        "--top-k {params.top_k} {params.identical} --tag {wildcards.model} "
-        "--run {output.run:q} --trec {output.trec:q} --threads {threads} 2> {log:q}"
+        "{params.py:q} {params.script:q} --queries {params.queries:q} {params.shard_args} "
+        "--top-k {params.top_k:q} {params.identical} --tag {wildcards.model:q} "
+        "--run {output.run:q} --trec {output.trec:q} --threads {threads:q} 2> {log:q}"
 
 
 rule bm25:
@@ -99,7 +99,7 @@ rule bm25:
         top_k=config["evaluation"]["top_k"],
         identical=IDENTICAL_IDS,
     shell:
-        "{params.py} {params.script} --spec {params.spec:q} --corpus {input.corpus:q} "
-        "--queries {input.queries:q} --top-k {params.top_k} {params.identical} "
-        "--tag {wildcards.model} --run {output.run:q} --trec {output.trec:q} "
-        "--threads {threads} 2> {log:q}"
+        "{params.py:q} {params.script:q} --spec {params.spec:q} --corpus {input.corpus:q} "
+        "--queries {input.queries:q} --top-k {params.top_k:q} {params.identical} "
+        "--tag {wildcards.model:q} --run {output.run:q} --trec {output.trec:q} "
+        "--threads {threads:q} 2> {log:q}"
