@@ -54,8 +54,10 @@ class Handler(BaseHTTPRequestHandler):
             state.truncate_next -= 1
             body = body[: len(body) // 2]
             self.close_connection = True
-        self.wfile.write(body)
+        # Counted before it is sent: the client may check the count as soon as it has
+        # read the body, before this thread would get past write().
         state.bytes_sent += len(body)
+        self.wfile.write(body)
 
 
 @contextlib.contextmanager
