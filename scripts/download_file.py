@@ -4,6 +4,7 @@ listing (`--checksums-url`), or, with neither, computed and recorded next to the
 
 import argparse
 import logging
+import tempfile
 from pathlib import Path
 
 from contriever_repro.cli import run_main
@@ -18,19 +19,24 @@ def main():
     ap.add_argument("--url", required=True)
     ap.add_argument("--md5", default="", help="expected md5 (empty: not verified)")
     ap.add_argument("--checksums-url", default="", help="md5sum-style listing to take it from")
-    ap.add_argument("--mirror", default=None, help="local folder or URL base")
+    ap.add_argument("--mirror", default="", help="local folder or URL base (empty: none)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     md5 = args.md5 or None
+    mirror = args.mirror or None
     if not md5 and args.checksums_url:
-        listing = Path(args.out + ".checksums")
-        download(args.checksums_url, listing, md5=None, mirror=args.mirror, log=log.info)
-        md5 = md5_from_listing(
-            listing.read_text(encoding="utf-8"), Path(args.url).name, args.checksums_url
-        )
+        # Fetched afresh each time into a temporary folder: a listing kept from an
+        # earlier run (another dump date, another mirror) must never decide the md5.
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=Path(args.out).parent) as tmp:
+            listing = download(
+                args.checksums_url, Path(tmp) / "checksums", md5=None, mirror=mirror, log=log.info
+            )
+            text = listing.read_text(encoding="utf-8")
+        md5 = md5_from_listing(text, Path(args.url).name, args.checksums_url)
     if not md5:
         log.warning("no md5 pinned for %s: recording the md5 of what was downloaded", args.url)
-    download(args.url, args.out, md5=md5, mirror=args.mirror, log=log.info)
+    download(args.url, args.out, md5=md5, mirror=mirror, log=log.info)
     write_text(f"{md5 or md5sum(args.out)}  {Path(args.url).name}\n", args.out + ".md5")
 
 

@@ -4,86 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import io
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from contriever_repro.download import download, extract_zip, md5sum, resolve_source
 from contriever_repro.errors import InputError
+from local_http import serve
 
 PAYLOAD = bytes(range(256)) * 400  # 100 KiB, several chunks at chunk_size=4096
 PAYLOAD_MD5 = hashlib.md5(PAYLOAD).hexdigest()
 
 
-class _State:
-    def __init__(self):
-        self.files: dict[str, bytes] = {"/data/archive.zip": PAYLOAD}
-        self.requests: list[tuple[str, str | None]] = []
-        self.bytes_sent = 0
-        self.honour_range = True
-        self.truncate_next = 0  # cut this many responses off halfway
-        self.status_override: int | None = None
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Serves `state.files`, honouring Range requests unless told not to."""
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        state: _State = self.server.state
-        rng = self.headers.get("Range")
-        state.requests.append((self.path, rng))
-        if state.status_override:
-            self.send_error(state.status_override)
-            return
-        data = state.files.get(self.path)
-        if data is None:
-            self.send_error(404)
-            return
-        start = 0
-        if rng and state.honour_range:
-            start = int(rng.removeprefix("bytes=").split("-")[0])
-            if start >= len(data):
-                self.send_error(416)
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if state.truncate_next:
-            state.truncate_next -= 1
-            body = body[: len(body) // 2]
-            self.close_connection = True
-        self.wfile.write(body)
-        state.bytes_sent += len(body)
-
-
 @pytest.fixture
 def server():
-    """A threaded HTTP server on 127.0.0.1 and an ephemeral port, shut down afterwards."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.state = _State()
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with serve({"/data/archive.zip": PAYLOAD}) as httpd:
         yield httpd
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 def _base(httpd) -> str:
-    host, port = httpd.server_address[:2]
-    return f"http://{host}:{port}"
+    return httpd.url
 
 
 def _fast(**kw):

@@ -10,6 +10,7 @@ from contriever_repro.plan import (
     check_reports,
     dataset_units,
     known_metrics,
+    local_unit_files,
     model_kind,
     stable_hash,
     table_cells,
@@ -38,6 +39,28 @@ def test_non_public_dataset_needs_a_local_folder():
         dataset_units({"datasets": {"bioasq": {}}}, CATALOG)
     units = dataset_units({"datasets": {"bioasq": {"source": "local", "path": "/x"}}}, CATALOG)
     assert units["bioasq"][0].path == "/x"
+
+
+def test_local_unit_files_are_the_ones_conversion_reads():
+    config = {
+        "datasets": {
+            "mine": {"source": "local", "path": "/d/mine", "split": "dev"},
+            "forums": {"source": "local", "path": "/d/cqa", "subsets": ["unix", "gis"]},
+        }
+    }
+    units = dataset_units(config, CATALOG)
+    assert local_unit_files(units["mine"][0]) == [
+        "/d/mine/corpus.jsonl",
+        "/d/mine/queries.jsonl",
+        "/d/mine/qrels/dev.tsv",
+    ]
+    assert local_unit_files(units["forums"][1]) == [
+        "/d/cqa/gis/corpus.jsonl",
+        "/d/cqa/gis/queries.jsonl",
+        "/d/cqa/gis/qrels/test.tsv",
+    ]
+    with pytest.raises(ValueError, match="msmarco is not a local data set"):
+        local_unit_files(dataset_units({"datasets": {"msmarco": {}}}, CATALOG)["msmarco"][0])
 
 
 def test_unknown_catalog_entry_is_named():

@@ -117,6 +117,20 @@ def dataset_units(config: dict, catalog: dict) -> dict[str, list[Unit]]:
     return out
 
 
+def local_unit_files(unit: Unit) -> list[str]:
+    """The files of a `source: local` unit that its conversion reads (BEIR layout:
+    corpus.jsonl, queries.jsonl, qrels/<split>.tsv, in the sub-forum folder for a
+    grouped data set): inputs of the rule, so that editing one re-runs the conversion."""
+    if unit.source != "local" or not unit.path:
+        raise ValueError(f"{unit.name} is not a local data set")
+    folder = Path(unit.path) / unit.subset if unit.subset else Path(unit.path)
+    return [
+        str(folder / "corpus.jsonl"),
+        str(folder / "queries.jsonl"),
+        str(folder / "qrels" / f"{unit.split}.tsv"),
+    ]
+
+
 def all_units(config: dict, catalog: dict) -> dict[str, Unit]:
     return {u.name: u for units in dataset_units(config, catalog).values() for u in units}
 

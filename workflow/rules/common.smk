@@ -25,6 +25,12 @@ IDENTICAL_IDS = (
 SCRIPTS = str(Path(workflow.basedir) / "scripts")
 # Device of encoding jobs (auto | cuda | cpu); a job given GPUs that sees no CUDA fails.
 DEVICE = config.get("device", "auto")
+# Where downloads come from is not what they are (their md5 is): the download rules read
+# the mirror from this global in their shell command, formatted when the job runs, and
+# not from a param. Snakemake's `params` trigger records the params' values and its
+# `code` trigger the unformatted shell text, so changing or removing the mirror re-runs
+# nothing.
+MIRROR = config.get("mirror") or ""
 
 with open(config["beir_catalog"]) as fh:
     BEIR_CATALOG = yaml.safe_load(fh)
@@ -174,7 +180,9 @@ def unit_source_folder(wildcards):
 def unit_source_input(wildcards):
     u = UNITS[wildcards.unit]
     if u.source == "local":
-        return []  # a folder outside the workflow: read in place, never copied
+        # A folder outside the workflow, read in place, never copied; its files are
+        # inputs, so an edited file re-runs the conversion.
+        return plan.local_unit_files(u)
     if u.source == "demo":
         return f"{WORK}/raw/demo"
     return f"{WORK}/raw/beir/{u.dataset}"
@@ -237,13 +245,13 @@ def corpus_prepare_args(wildcards, input):
         src = cfg["path"]
     else:
         src = input.input
-    args = f"--kind {kind} --input {shlex.quote(src)}"
+    args = f"--kind {shlex.quote(kind)} --input {shlex.quote(src)}"
     if "index" in input.keys():
         args += f" --index {shlex.quote(input.index)}"
     if cfg.get("unit"):
-        args += f" --unit {cfg['unit']}"
+        args += f" --unit {shlex.quote(cfg['unit'])}"
     if cfg.get("min_chars") is not None:
-        args += f" --min-chars {cfg['min_chars']}"
+        args += f" --min-chars {shlex.quote(str(cfg['min_chars']))}"
     return args
 
 
@@ -315,4 +323,4 @@ def pretrain_resources(name):
 
 def time_limit_arg(wildcards, resources):
     runtime = resources.get("runtime")
-    return f"--time-limit-min {runtime}" if runtime else ""
+    return f"--time-limit-min {shlex.quote(str(runtime))}" if runtime else ""

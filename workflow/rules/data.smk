@@ -6,6 +6,10 @@ rule download_beir:
         f"{WORK}/downloads/beir/{{dataset}}.zip",
     log:
         f"{WORK}/logs/download_beir/{{dataset}}.log",
+    # Never repeated by Snakemake (not even with a profile's `retries`): the download
+    # retries transient network errors itself, with backoff and resuming; a 404 or a
+    # checksum mismatch fails the same way every time.
+    retries: 0
     resources:
         **rule_resources("download"),
     params:
@@ -13,10 +17,10 @@ rule download_beir:
         script=f"{SCRIPTS}/download_file.py",
         url=lambda wc: beir_url(wc.dataset),
         md5=lambda wc: beir_entry(wc.dataset).get("md5", ""),
-        mirror=lambda wc: f"--mirror {config['mirror']}" if config.get("mirror") else "",
     shell:
-        "{params.py} {params.script} --url {params.url:q} --md5 {params.md5:q} "
-        "{params.mirror} --out {output:q} 2> {log:q}"
+        # `--opt=` forms: an empty value stays an (empty) argument. MIRROR: common.smk.
+        "{params.py:q} {params.script:q} --url={params.url:q} --md5={params.md5:q} "
+        "--mirror={MIRROR:q} --out={output:q} 2> {log:q}"
 
 
 rule unpack_beir:
@@ -30,7 +34,7 @@ rule unpack_beir:
         py=PY,
         script=f"{SCRIPTS}/unpack_beir.py",
     shell:
-        "{params.py} {params.script} --zip {input:q} --out {output:q} 2> {log:q}"
+        "{params.py:q} {params.script:q} --zip {input:q} --out {output:q} 2> {log:q}"
 
 
 rule convert_beir:
@@ -55,6 +59,6 @@ rule convert_beir:
             else "--lenient"
         ),
     shell:
-        "{params.py} {params.script} --folder {params.folder:q} --split {params.split} "
+        "{params.py:q} {params.script:q} --folder {params.folder:q} --split {params.split:q} "
         "--corpus {output.corpus:q} --queries {output.queries:q} --qrels {output.qrels:q} "
         "{params.lenient} 2> {log:q}"

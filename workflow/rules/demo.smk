@@ -11,4 +11,4 @@ rule demo_world:
         script=f"{SCRIPTS}/demo_world.py",
         spec=lambda wc: json.dumps(config.get("demo_world", {}), sort_keys=True),
     shell:
-        "{params.py} {params.script} --spec {params.spec:q} --out {output:q} 2> {log:q}"
+        "{params.py:q} {params.script:q} --spec {params.spec:q} --out {output:q} 2> {log:q}"

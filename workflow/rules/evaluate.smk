@@ -14,7 +14,7 @@ rule evaluate:
     params:
         py=PY,
         script=f"{SCRIPTS}/evaluate.py",
-        k_values=" ".join(str(k) for k in config["evaluation"]["k_values"]),
+        k_values=" ".join(shlex.quote(str(k)) for k in config["evaluation"]["k_values"]),
         dataset=lambda wc: UNITS[wc.unit].dataset,
         split=lambda wc: UNITS[wc.unit].split,
         config_hash=lambda wc: plan.stable_hash(
@@ -26,10 +26,10 @@ rule evaluate:
         ),
         identical=IDENTICAL_IDS,
     shell:
-        "{params.py} {params.script} --run {input.run:q} --qrels {input.qrels:q} "
-        "--model {wildcards.model} --dataset {params.dataset} --unit {wildcards.unit} "
-        "--split {params.split} --k-values {params.k_values} {params.identical} "
-        "--config-hash {params.config_hash} --out {output.metrics:q} "
+        "{params.py:q} {params.script:q} --run {input.run:q} --qrels {input.qrels:q} "
+        "--model {wildcards.model:q} --dataset {params.dataset:q} --unit {wildcards.unit:q} "
+        "--split {params.split:q} --k-values {params.k_values} {params.identical} "
+        "--config-hash {params.config_hash:q} --out {output.metrics:q} "
         "--per-query {output.per_query:q} 2> {log:q}"
 
 
@@ -47,5 +47,5 @@ rule dataset_metrics:
         py=PY,
         script=f"{SCRIPTS}/dataset_metrics.py",
     shell:
-        "{params.py} {params.script} --dataset {wildcards.dataset} "
+        "{params.py:q} {params.script:q} --dataset {wildcards.dataset:q} "
         "--units {input:q} --out {output:q} 2> {log:q}"

@@ -15,7 +15,7 @@ rule build_tiny_bert:
         script=f"{SCRIPTS}/build_tiny_bert.py",
         spec=lambda wc: json.dumps(config["tiny_berts"][wc.name], sort_keys=True),
     shell:
-        "{params.py} {params.script} --spec {params.spec:q} --demo-root {input:q} "
+        "{params.py:q} {params.script:q} --spec {params.spec:q} --demo-root {input:q} "
         "--out {output:q} 2> {log:q}"
 
 

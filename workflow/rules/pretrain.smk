@@ -12,7 +12,10 @@ rule download_corpus:
     wildcard_constraints:
         corpus="|".join(map(re.escape, CORPORA)) or "^$",
         filename=r"[^/]+",
-    retries: 3
+    # Never repeated by Snakemake (not even with a profile's `retries`): the download
+    # retries transient network errors itself, with backoff and resuming; a 404 or a
+    # checksum mismatch fails the same way every time.
+    retries: 0
     resources:
         **rule_resources("download"),
     params:
@@ -21,10 +24,11 @@ rule download_corpus:
         url=lambda wc: corpus_urls(wc.corpus)[wc.filename],
         md5=lambda wc: (corpus_cfg(wc.corpus).get("md5s") or {}).get(wc.filename, ""),
         checksums=lambda wc: corpus_cfg(wc.corpus).get("checksums_url", ""),
-        mirror=lambda wc: f"--mirror {config['mirror']}" if config.get("mirror") else "",
     shell:
-        "{params.py} {params.script} --url {params.url:q} --md5 {params.md5:q} "
-        "--checksums-url {params.checksums:q} {params.mirror} --out {output:q} 2> {log:q}"
+        # `--opt=` forms: an empty value stays an (empty) argument. MIRROR: common.smk.
+        "{params.py:q} {params.script:q} --url={params.url:q} --md5={params.md5:q} "
+        "--checksums-url={params.checksums:q} --mirror={MIRROR:q} --out={output:q} "
+        "2> {log:q}"
 
 
 rule prepare_corpus:
@@ -45,7 +49,7 @@ rule prepare_corpus:
         script=f"{SCRIPTS}/prepare_corpus.py",
         args=corpus_prepare_args,
     shell:
-        "{params.py} {params.script} {params.args} --processes {threads} "
+        "{params.py:q} {params.script:q} {params.args} --processes {threads:q} "
         "--out {output.text:q} --stats {output.stats:q} 2> {log:q}"
 
 
@@ -65,7 +69,7 @@ rule split_corpus:
         script=f"{SCRIPTS}/split_corpus.py",
         pieces=lambda wc: corpus_cfg(wc.corpus).get("shards", 1),
     shell:
-        "{params.py} {params.script} --input {input:q} --pieces {params.pieces} "
+        "{params.py:q} {params.script:q} --input {input:q} --pieces {params.pieces:q} "
         "--out {output:q} 2> {log:q}"
 
 
@@ -95,7 +99,7 @@ rule tokenize_piece:
             "--normalize" if TOKENIZERS[wc.tok].get("normalize_text") else ""
         ),
     shell:
-        "{params.py} {params.script} --text {params.text:q} --tokenizer {params.tokenizer:q} "
+        "{params.py:q} {params.script:q} --text {params.text:q} --tokenizer {params.tokenizer:q} "
         "--out-prefix {params.prefix:q} {params.normalize} 2> {log:q}"
 
 
@@ -127,6 +131,6 @@ rule pretrain:
         time_limit=time_limit_arg,
     shell:
         # 2>> keeps the log of every attempt: a resumed run appends to it.
-        "{params.launch} {params.script} --name {wildcards.name} "
+        "{params.launch} {params.script:q} --name {wildcards.name:q} "
         "--experiment {params.experiment:q} --init {params.init:q} {params.sources} "
         "--run-dir {params.run_dir:q} --export {output:q} {params.time_limit} 2>> {log:q}"

@@ -24,10 +24,10 @@ rule encode_corpus:
         device=DEVICE,
         gpus=lambda wc, resources: resources.get("gpu", 0),
     shell:
-        "{params.py} {params.script} corpus --spec {params.spec:q} {params.source} "
-        "--input {input.corpus:q} --shard {wildcards.shard} --num-shards {wildcards.n} "
+        "{params.py:q} {params.script:q} corpus --spec {params.spec:q} {params.source} "
+        "--input {input.corpus:q} --shard {wildcards.shard:q} --num-shards {wildcards.n:q} "
         "--out-prefix {params.prefix:q} --resume-dir {params.resume:q} "
-        "--device {params.device} --gpus {params.gpus} --threads {threads} 2> {log:q}"
+        "--device {params.device:q} --gpus {params.gpus:q} --threads {threads:q} 2> {log:q}"
 
 
 rule encode_queries:
@@ -52,9 +52,9 @@ rule encode_queries:
         device=DEVICE,
         gpus=lambda wc, resources: resources.get("gpu", 0),
     shell:
-        "{params.py} {params.script} queries --spec {params.spec:q} {params.source} "
+        "{params.py:q} {params.script:q} queries --spec {params.spec:q} {params.source} "
         "--input {input.queries:q} --out-prefix {params.prefix:q} "
-        "--device {params.device} --gpus {params.gpus} --threads {threads} 2> {log:q}"
+        "--device {params.device:q} --gpus {params.gpus:q} --threads {threads:q} 2> {log:q}"
 
 
 rule search:
@@ -75,13 +75,13 @@ rule search:
         top_k=config["evaluation"]["top_k"],
         identical=IDENTICAL_IDS,
         shard_args=lambda wc, input: " ".join(
-            f"--shard {s[: -len('.npy')]}" for s in input.shards
+            f"--shard {shlex.quote(s[: -len('.npy')])}" for s in input.shards
         ),
         queries=lambda wc, input: input.queries[: -len(".npy")],
     shell:
-        "{params.py} {params.script} --queries {params.queries:q} {params.shard_args} "
-        "--top-k {params.top_k} {params.identical} --tag {wildcards.model} "
-        "--run {output.run:q} --trec {output.trec:q} --threads {threads} 2> {log:q}"
+        "{params.py:q} {params.script:q} --queries {params.queries:q} {params.shard_args} "
+        "--top-k {params.top_k:q} {params.identical} --tag {wildcards.model:q} "
+        "--run {output.run:q} --trec {output.trec:q} --threads {threads:q} 2> {log:q}"
 
 
 rule bm25:
@@ -103,7 +103,7 @@ rule bm25:
         top_k=config["evaluation"]["top_k"],
         identical=IDENTICAL_IDS,
     shell:
-        "{params.py} {params.script} --spec {params.spec:q} --corpus {input.corpus:q} "
-        "--queries {input.queries:q} --top-k {params.top_k} {params.identical} "
-        "--tag {wildcards.model} --run {output.run:q} --trec {output.trec:q} "
-        "--threads {threads} 2> {log:q}"
+        "{params.py:q} {params.script:q} --spec {params.spec:q} --corpus {input.corpus:q} "
+        "--queries {input.queries:q} --top-k {params.top_k:q} {params.identical} "
+        "--tag {wildcards.model:q} --run {output.run:q} --trec {output.trec:q} "
+        "--threads {threads:q} 2> {log:q}"

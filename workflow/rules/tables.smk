@@ -22,7 +22,7 @@ rule table:
         spec=lambda wc: json.dumps(config["tables"][wc.table], sort_keys=True),
         label=config.get("label", ""),
     shell:
-        "{params.py} {params.script} --name {wildcards.table} --spec {params.spec:q} "
+        "{params.py:q} {params.script:q} --name {wildcards.table:q} --spec {params.spec:q} "
         "--paper {input.paper:q} --label {params.label:q} --metrics {input.metrics:q} "
         "--csv {output.csv:q} --parquet {output.parquet:q} --md {output.md:q} 2> {log:q}"
 
@@ -46,6 +46,6 @@ rule figure:
         spec=lambda wc: json.dumps(config["figures"][wc.figure], sort_keys=True),
         label=config.get("label", ""),
     shell:
-        "{params.py} {params.script} --name {wildcards.figure} --spec {params.spec:q} "
+        "{params.py:q} {params.script:q} --name {wildcards.figure:q} --spec {params.spec:q} "
         "--paper {input.paper:q} --label {params.label:q} --metrics {input.metrics:q} "
         "--out {output.png:q} --csv {output.csv:q} 2> {log:q}"
