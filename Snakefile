@@ -15,7 +15,6 @@ sys.path.insert(0, str(Path(workflow.basedir) / "lib"))
 
 from contriever_repro import plan  # noqa: E402
 
-
 if not workflow.overwrite_configfiles:
 
     configfile: "config/config.yaml"

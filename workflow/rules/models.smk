@@ -37,5 +37,5 @@ rule prefetch_model:
         revision=lambda wc: HUB[wc.repo].revision or "",
         users=lambda wc: list(HUB[wc.repo].users),
     shell:
-        "{params.py} {params.script} --repo-id {params.repo_id:q} "
+        "{params.py:q} {params.script:q} --repo-id {params.repo_id:q} "
         "--revision={params.revision:q} --users {params.users:q} --out {output:q} 2> {log:q}"
