@@ -308,7 +308,10 @@ def test_resume_with_another_configuration_is_refused(world, tmp_path):
     sources = {"demo": world["shards"]}
     small = {"steps": 20, "batch_size_per_device": 8, "checkpoint_every": 2}
     pretrain(config(**small), world["model"], sources, tmp_path, stop_at=2)
-    with pytest.raises(InputError, match=r"another configuration .*lr: 0.0005 -> 0.001"):
+    with pytest.raises(
+        InputError,
+        match=r"differs from the one the checkpoints .* were made with \(lr: 0.0005 -> 0.001\)",
+    ):
         pretrain(config(**small, lr=1e-3), world["model"], sources, tmp_path)
 
 
@@ -352,8 +355,8 @@ def test_a_config_edit_loses_nothing_and_a_finished_run_is_not_trained_again(wor
     # The same configuration again (e.g. only log_every changed): the kept export is
     # published without loading a checkpoint, bit for bit.
     before = (run / "checkpoints" / "latest").stat().st_mtime_ns
-    summary = pretrain(config(steps=3, warmup_steps=1, batch_size_per_device=8, log_every=1), world["model"],
-                       sources, run, out)  # fmt: skip
+    same = config(steps=3, warmup_steps=1, batch_size_per_device=8, log_every=1)
+    summary = pretrain(same, world["model"], sources, run, out)
     assert summary["step"] == 3
     assert (run / "checkpoints" / "latest").stat().st_mtime_ns == before
     again = load_file(out / "model.safetensors")
@@ -515,6 +518,57 @@ def test_two_cpu_processes_under_torchrun(world, tmp_path):
             {"demo": shards},
             tmp_path / "run",
         )
+
+
+def test_two_nodes_in_one_slurm_step_stop_on_sigusr1_with_a_checkpoint(world, tmp_path):
+    """The multi-node route (launch.py): one launcher per node started by srun, which
+    reads the step's node list, runs torchrun, and outlives SLURM's SIGUSR1, sent to
+    every process of the step: the trainers checkpoint and every node exits 75. Two
+    "nodes" on this host, CPU processes."""
+    import psutil
+
+    from contriever_repro.pretrain_data import split_text_file
+
+    tokenizer = load_tokenizer(world["model"])
+    shards = tmp_path / "shards"
+    for piece in split_text_file(world["text"], 2, tmp_path / "pieces"):
+        tokenize_text_file(piece, tokenizer, shards / piece.stem)
+    spec = {**DEMO, "steps": 400, "warmup_steps": 1, "batch_size_per_device": 8}
+    spec.update(queue_size=64, nodes=2, gpus_per_node=1, log_every=1)
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "contriever_repro.launch", "--nnodes", "2"]
+    cmd += ["--nproc-per-node", "1", "--", str(SCRIPT), "--name", "nodes", "--attempt", "1"]
+    cmd += ["--experiment", json.dumps(spec), "--init", str(world["model"])]
+    cmd += ["--source", f"demo={shards}", "--run-dir", str(run_dir), "--threads", "1"]
+    step = {  # what srun sets inside the step (the job's own SLURM_* are gone)
+        "SLURM_STEP_NODELIST": "localhost",
+        "SLURM_JOB_ID": str(random.randint(100, 999)),
+        "SLURM_STEP_ID": "0",
+        "PYTHONPATH": str(ROOT / "lib"),
+    }
+    nodes = [
+        subprocess.Popen(cmd, stderr=subprocess.PIPE, env={**os.environ, **step}) for _ in range(2)
+    ]
+    try:
+        _wait_for_steps(run_dir, nodes[0], 2)
+        for node in nodes:
+            for proc in [psutil.Process(node.pid), *psutil.Process(node.pid).children(True)]:
+                proc.send_signal(signal.SIGUSR1)
+        errors = [node.communicate(timeout=120)[1].decode() for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+    assert [node.returncode for node in nodes] == [PREEMPTED_EXIT_CODE] * 2, errors[0][-3000:]
+    stopped_at = read_metrics(run_dir)[-1]["step"]
+    assert stopped_at < 400
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    assert latest == f"step-{stopped_at:08d}"
+    meta = json.loads((run_dir / "checkpoints" / latest / "meta.json").read_text())
+    assert meta["world_size"] == 2
+    assert (
+        f"stopped at step {stopped_at} (signal SIGUSR1)" in (run_dir / "logs/train.log").read_text()
+    )
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
