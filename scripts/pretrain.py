@@ -2,7 +2,8 @@
 
 Exit status 75 means the run stopped early on SIGUSR1/SIGTERM or its time limit after
 writing a checkpoint: running the same command again (Snakemake's retry, a SLURM
-requeue) continues it exactly.
+requeue) continues it exactly. Exit status 2 is bad input (configuration, data, a run
+folder in use), which no retry fixes: later attempts stop at once (train.pretrain).
 """
 
 import argparse
@@ -35,6 +36,13 @@ def main():
     ap.add_argument("--export", default=None, help="HF folder to write when training ends")
     ap.add_argument("--resume", choices=("auto", "require", "never"), default="auto")
     ap.add_argument(
+        "--attempt",
+        type=int,
+        default=None,
+        help="Snakemake's attempt number: attempts after the first do not repeat an "
+        "error a retry cannot fix (recorded in the run folder)",
+    )
+    ap.add_argument(
         "--time-limit-min",
         type=float,
         default=None,
@@ -65,6 +73,7 @@ def main():
             resume=args.resume,
             deadline=deadline,
             device=args.device,
+            attempt=args.attempt,
         )
     except Preempted as stop:
         log.warning("%s", stop)

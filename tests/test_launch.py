@@ -4,7 +4,13 @@ import pytest
 
 from contriever_repro.download import md5_from_listing
 from contriever_repro.errors import InputError
-from contriever_repro.launch import launch_prefix, slurm_resources
+from contriever_repro.launch import (
+    exit_code,
+    first_host,
+    launch_prefix,
+    rendezvous,
+    slurm_resources,
+)
 
 
 def test_one_process_is_plain_python():
@@ -18,25 +24,64 @@ def test_one_node_uses_standalone_torchrun_with_the_same_interpreter():
     )
 
 
-def test_multi_node_starts_one_torchrun_per_node_meeting_at_the_first_host():
-    cmd = launch_prefix("/env/bin/python", 4, 8)
-    assert cmd.startswith("srun --overlap --nodes 4 --ntasks-per-node 1 ")
-    assert "--nnodes 4 --nproc-per-node 8" in cmd
-    assert '--rdzv-id "$SLURM_JOB_ID" --rdzv-backend c10d' in cmd
-    assert 'scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):29500' in cmd
+def test_multi_node_is_one_srun_step_with_one_launcher_per_node():
+    cmd = launch_prefix("/env/bin/python", 4, 8, cpus_per_node=48)
+    assert cmd == (
+        "srun --nodes 4 --ntasks 4 --ntasks-per-node 1 --cpus-per-task 48 --gpus-per-node 8 "
+        "--kill-on-bad-exit=1 /env/bin/python -m contriever_repro.launch --nnodes 4 "
+        "--nproc-per-node 8 --"
+    )
+    # No shell variable: the plugin strips SLURM_* before the rule runs, so the node list
+    # and job id are read by the launcher inside the step.
+    assert "$" not in cmd and "--overlap" not in cmd
+    assert "--gpus-per-node" not in launch_prefix("python", 2, 4, 4, device="cpu")
     with pytest.raises(ValueError):
         launch_prefix("python", 0, 8)
 
 
-def test_slurm_resources_request_gpus_per_node():
+def test_slurm_resources_request_gpus_once():
+    # One node: the plugin's ordinary job, GPUs as `gpu` (sbatch --gpus), no signal (the
+    # plugin's step also holds the job's Snakemake, which SIGUSR1 would kill).
+    assert slurm_resources(1, 8, "cuda", 5) == {"nodes": 1, "cpus_per_task": 48, "gpu": 8}
+    assert slurm_resources(1, 1, "cpu", 0) == {"nodes": 1, "cpus_per_task": 1}
+    # Several: the plugin's MPI route, one task per node, its GPUs per node, SIGUSR1 ten
+    # minutes before the time limit.
     assert slurm_resources(4, 8, "cuda", 5) == {
         "nodes": 4,
+        "mpi": "srun",
+        "tasks": 4,
         "cpus_per_task": 48,
-        "gres": "gpu:8",
-        "gpu": 0,  # --gpus is a job total; gres carries the per-node count
+        "slurm_extra": "--ntasks-per-node=1 --gpus-per-node=8 --signal=USR1@600",
     }
-    assert slurm_resources(1, 2, "cuda", 3)["gpu"] == 2
-    assert "gres" not in slurm_resources(1, 1, "cpu", 0)
+    assert "gpus-per-node" not in slurm_resources(2, 2, "cpu", 0)["slurm_extra"]
+
+
+@pytest.mark.parametrize(
+    ("nodelist", "host"),
+    [
+        ("gpu017", "gpu017"),
+        ("gpu[007-010,012]", "gpu007"),
+        ("gpu[012,007-010],cpu1", "gpu012"),
+        ("rack[2-3]-n[01-04]", "rack2-n01"),
+        ("a-b.c,d", "a-b.c"),
+    ],
+)
+def test_first_host_of_a_slurm_node_list(nodelist, host):
+    assert first_host(nodelist) == host
+
+
+def test_rendezvous_comes_from_the_step_environment():
+    env = {"SLURM_STEP_NODELIST": "n[3-4]", "SLURM_JOB_ID": "123456", "SLURM_STEP_ID": "2"}
+    assert rendezvous(env) == ("n3", 29956, "123456.2")
+    assert rendezvous({**env, "SLURM_STEP_NODELIST": ""} | {"SLURM_JOB_NODELIST": "m1"})[0] == "m1"
+    with pytest.raises(InputError, match="inside a SLURM step started by srun"):
+        rendezvous({"SLURM_JOB_ID": "1"})
+
+
+def test_node_exit_status_keeps_the_checkpoint_stop():
+    assert exit_code({0: 75, 1: -15}) == 75  # torchrun ended rank 1 after rank 0 stopped
+    assert exit_code({0: 1, 1: -15}) == 1
+    assert exit_code({0: -9}) == 1
 
 
 def test_md5_from_a_wikimedia_style_listing():

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +25,7 @@ from contriever_repro.models import ModelSpec
 from contriever_repro.pretrain_config import PretrainConfig
 from contriever_repro.pretrain_data import tokenize_text_file
 from contriever_repro.quick_eval import dense_scores
+from contriever_repro.runfolder import NotRetried, RunFolderBusy
 from contriever_repro.tiny_bert import build_tiny_bert
 from contriever_repro.train import PREEMPTED_EXIT_CODE, load_tokenizer, pretrain, read_metrics
 
@@ -189,7 +192,7 @@ def test_killed_run_resumes_to_the_same_weights_and_loss_curve(world, tmp_path, 
 
 def test_sigterm_checkpoints_then_exits_75_and_the_rerun_continues(world, tmp_path, uninterrupted):
     run_dir, model = tmp_path / "run", tmp_path / "model"
-    proc = _start(_cli(world, run_dir, model))
+    proc = _start(_cli(world, run_dir, model, extra=["--attempt", "1"]))
     _wait_for_steps(run_dir, proc, 3)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -199,9 +202,19 @@ def test_sigterm_checkpoints_then_exits_75_and_the_rerun_continues(world, tmp_pa
     assert latest == f"step-{stopped_at:08d}"  # saved at the step it stopped, nothing lost
     assert not model.exists()
 
-    resumed = _run(_cli(world, run_dir, model))
+    resumed = _run(_cli(world, run_dir, model, extra=["--attempt", "2"]))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_run(uninterrupted, run_dir, model)
+
+    # Both attempts' logs are kept in the run folder (Snakemake deletes the rule's log
+    # file before each attempt), the interrupted one with how it ended.
+    text = (run_dir / "logs" / "train.log").read_text()
+    first, second = text.split("==== ")[1:]
+    assert " attempt 1: pid " in first and " attempt 2: pid " in second
+    assert f"stopped at step {stopped_at} (signal SIGTERM)" in first
+    assert "checkpoint saved" in first and "step 1/12" in first
+    assert f"resumed from {run_dir / 'checkpoints' / latest}" in second
+    assert "exported the query encoder" in second
 
 
 def test_time_limit_stops_with_a_checkpoint(world, tmp_path):
@@ -272,7 +285,9 @@ def test_queue_not_multiple_of_global_batch_fails_before_training(world, tmp_pat
     cfg = config(queue_size=1000, steps=20)
     with pytest.raises(InputError, match=r"queue_size: .*1000 is not a multiple .* 64"):
         pretrain(cfg, world["model"], {"demo": world["shards"]}, tmp_path / "run")
-    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    failed = json.loads((tmp_path / "run" / "failed.json").read_text())
+    assert "queue_size" in failed["error"]  # for later attempts: see the retry tests
 
 
 def test_missing_checkpoint_on_required_resume(world, tmp_path):
@@ -293,14 +308,107 @@ def test_resume_with_another_configuration_is_refused(world, tmp_path):
     sources = {"demo": world["shards"]}
     small = {"steps": 20, "batch_size_per_device": 8, "checkpoint_every": 2}
     pretrain(config(**small), world["model"], sources, tmp_path, stop_at=2)
-    with pytest.raises(InputError, match=r"another configuration .*lr: 0.0005 -> 0.001"):
+    with pytest.raises(
+        InputError,
+        match=r"differs from the one the checkpoints .* were made with \(lr: 0.0005 -> 0.001\)",
+    ):
         pretrain(config(**small, lr=1e-3), world["model"], sources, tmp_path)
+
+
+# --------------------------------------------------------------------------- retries
+
+
+def test_an_error_a_retry_cannot_fix_is_not_repeated_by_later_attempts(world, tmp_path):
+    sources, run = {"demo": world["shards"]}, tmp_path / "run"
+    bad = config(queue_size=1000, steps=20)
+    with pytest.raises(InputError, match="queue_size") as first:
+        pretrain(bad, world["model"], sources, run, attempt=1)
+    assert not isinstance(first.value, NotRetried)
+    # Snakemake's attempt 2 of the same configuration stops at once with the first error.
+    with pytest.raises(NotRetried, match=r"attempt 2 not run: attempt 1 failed .*queue_size"):
+        pretrain(bad, world["model"], sources, run, attempt=2)
+    # A corrected configuration is not blocked by the record, nor is a new Snakemake run
+    # (attempt 1), whose user may have fixed what the error named.
+    good = config(queue_size=1024, steps=20, batch_size_per_device=8)
+    assert pretrain(good, world["model"], sources, run, attempt=3, stop_at=1)["step"] == 1
+    with pytest.raises(InputError, match="queue_size") as again:
+        pretrain(bad, world["model"], sources, tmp_path / "other", attempt=1)
+    assert not isinstance(again.value, NotRetried)
+
+
+def test_a_config_edit_loses_nothing_and_a_finished_run_is_not_trained_again(world, tmp_path):
+    sources, run, out = {"demo": world["shards"]}, tmp_path / "run", tmp_path / "model"
+    cfg = config(steps=3, warmup_steps=1, batch_size_per_device=8)
+    pretrain(cfg, world["model"], sources, run, out)
+    weights = load_file(out / "model.safetensors")
+    shutil.rmtree(out)  # what Snakemake does to a job's output before running it again
+    with pytest.raises(InputError, match=r"pretraining.demo: .*\(lr: 0.0005 -> 0.001\)"):
+        pretrain(
+            config(steps=3, warmup_steps=1, batch_size_per_device=8, lr=1e-3),
+            world["model"],
+            sources,
+            run,
+            out,
+        )
+    assert (run / "export" / "model.safetensors").is_file()  # the finished model is kept
+    assert "lr: 0.0005 -> 0.001" in (run / "failed.json").read_text()
+    # The same configuration again (e.g. only log_every changed): the kept export is
+    # published without loading a checkpoint, bit for bit.
+    before = (run / "checkpoints" / "latest").stat().st_mtime_ns
+    same = config(steps=3, warmup_steps=1, batch_size_per_device=8, log_every=1)
+    summary = pretrain(same, world["model"], sources, run, out)
+    assert summary["step"] == 3
+    assert (run / "checkpoints" / "latest").stat().st_mtime_ns == before
+    again = load_file(out / "model.safetensors")
+    assert all(torch.equal(again[k], weights[k]) for k in weights)
+
+
+HOLD_LOCK = """
+import sys, time
+from contriever_repro.runfolder import RunLock
+lock = RunLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_writer_is_refused_until_the_holder_is_gone(world, tmp_path):
+    run = tmp_path / "run"
+    cfg = config(steps=20, batch_size_per_device=8)
+    # An orphaned trainer (its Snakemake killed with -9) still holds the folder.
+    holder = _start([sys.executable, "-c", HOLD_LOCK, str(run)])
+    assert holder.stdout.readline().decode().strip() == "locked"
+    try:
+        with pytest.raises(RunFolderBusy) as busy:
+            pretrain(cfg, world["model"], {"demo": world["shards"]}, run, stop_at=1)
+        message = str(busy.value)
+        assert str(run) in message and f"pid {holder.pid} on host {socket.gethostname()}" in message
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing written
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # The kernel dropped the lock with its holder: no stale lock to clean up by hand.
+    assert pretrain(cfg, world["model"], {"demo": world["shards"]}, run, stop_at=1)["step"] == 1
+
+
+def test_a_second_trainer_process_on_the_same_folder_exits_at_once(world, tmp_path):
+    run_dir, model = tmp_path / "run", tmp_path / "model"
+    first = _start(_cli(world, run_dir, model, steps=400))
+    try:
+        _wait_for_steps(run_dir, first, 1)
+        second = _run(_cli(world, run_dir, tmp_path / "model2", steps=400))
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert f"is being written by another trainer: pid {first.pid} on host" in second.stderr
+        assert first.poll() is None  # the first one is not disturbed
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
 
 
 def test_tokenizer_mismatch_between_shards_and_model(world, tmp_path, minilm_path):
     with pytest.raises(InputError, match="tokeni"):
         pretrain(config(steps=20), minilm_path, {"demo": world["shards"]}, tmp_path / "run")
-    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_missing_source_folder(world, tmp_path):
@@ -402,7 +510,9 @@ def test_two_cpu_processes_under_torchrun(world, tmp_path):
     assert json.loads((final / "meta.json").read_text())["world_size"] == 2
     assert {p.name for p in final.iterdir()} >= {"state.pt", "rank-0.pt", "rank-1.pt"}
     assert (tmp_path / "model" / "model.safetensors").is_file()
-    # The per-rank streams and RNG states cannot be mapped onto another world size.
+    # The per-rank streams and RNG states cannot be mapped onto another world size (without
+    # its kept export the finished run has to be resumed from its checkpoint).
+    shutil.rmtree(tmp_path / "run" / "export")
     with pytest.raises(InputError, match="written by 2 processes but this run has 1"):
         pretrain(
             PretrainConfig.from_dict("ddp", spec),
@@ -410,6 +520,57 @@ def test_two_cpu_processes_under_torchrun(world, tmp_path):
             {"demo": shards},
             tmp_path / "run",
         )
+
+
+def test_two_nodes_in_one_slurm_step_stop_on_sigusr1_with_a_checkpoint(world, tmp_path):
+    """The multi-node route (launch.py): one launcher per node started by srun, which
+    reads the step's node list, runs torchrun, and outlives SLURM's SIGUSR1, sent to
+    every process of the step: the trainers checkpoint and every node exits 75. Two
+    "nodes" on this host, CPU processes."""
+    import psutil
+
+    from contriever_repro.pretrain_data import split_text_file
+
+    tokenizer = load_tokenizer(world["model"])
+    shards = tmp_path / "shards"
+    for piece in split_text_file(world["text"], 2, tmp_path / "pieces"):
+        tokenize_text_file(piece, tokenizer, shards / piece.stem)
+    spec = {**DEMO, "steps": 400, "warmup_steps": 1, "batch_size_per_device": 8}
+    spec.update(queue_size=64, nodes=2, gpus_per_node=1, log_every=1)
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "contriever_repro.launch", "--nnodes", "2"]
+    cmd += ["--nproc-per-node", "1", "--", str(SCRIPT), "--name", "nodes", "--attempt", "1"]
+    cmd += ["--experiment", json.dumps(spec), "--init", str(world["model"])]
+    cmd += ["--source", f"demo={shards}", "--run-dir", str(run_dir), "--threads", "1"]
+    step = {  # what srun sets inside the step (the job's own SLURM_* are gone)
+        "SLURM_STEP_NODELIST": "localhost",
+        "SLURM_JOB_ID": str(random.randint(100, 999)),
+        "SLURM_STEP_ID": "0",
+        "PYTHONPATH": str(ROOT / "lib"),
+    }
+    nodes = [
+        subprocess.Popen(cmd, stderr=subprocess.PIPE, env={**os.environ, **step}) for _ in range(2)
+    ]
+    try:
+        _wait_for_steps(run_dir, nodes[0], 2)
+        for node in nodes:
+            for proc in [psutil.Process(node.pid), *psutil.Process(node.pid).children(True)]:
+                proc.send_signal(signal.SIGUSR1)
+        errors = [node.communicate(timeout=120)[1].decode() for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+    assert [node.returncode for node in nodes] == [PREEMPTED_EXIT_CODE] * 2, errors[0][-3000:]
+    stopped_at = read_metrics(run_dir)[-1]["step"]
+    assert stopped_at < 400
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    assert latest == f"step-{stopped_at:08d}"
+    meta = json.loads((run_dir / "checkpoints" / latest / "meta.json").read_text())
+    assert meta["world_size"] == 2
+    assert (
+        f"stopped at step {stopped_at} (signal SIGUSR1)" in (run_dir / "logs/train.log").read_text()
+    )
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

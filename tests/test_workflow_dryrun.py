@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+import yaml
 
 from contriever_repro.io import write_table
 from workflow_utils import ROOT, snakemake
@@ -223,9 +226,111 @@ def test_pretraining_targets_show_the_whole_dag(fake_slurm, target, experiments)
     assert len(jobs["tokenize_piece"]) == 128 * len(corpora)
     for job in jobs["pretrain"]:
         res = job["resources"]
-        assert res["nodes"] == "4" and res["gres"] == "gpu:8" and res["runtime"] == "4320"
-    assert "srun --overlap --nodes 4 --ntasks-per-node 1" in out
-    assert "-m torch.distributed.run --nnodes 4 --nproc-per-node 8" in out
+        assert res["nodes"] == "4" and res["runtime"] == "4320"
+        # The plugin's MPI route: one task per node; GPUs per node, once; SIGUSR1 ten
+        # minutes before the time limit.
+        assert res["mpi"] == "srun" and res["tasks"] == "4"
+        assert res["slurm_extra"] == "--ntasks-per-node=1 --gpus-per-node=8 --signal=USR1@600"
+        assert "gpu" not in res and "gres" not in res
+        assert _sbatch(res).endswith(
+            "--nodes=4 --ntasks=4 --cpus-per-task=48 --ntasks-per-node=1 --gpus-per-node=8 "
+            "--signal=USR1@600 -D ."
+        )
+    # The rule's own srun starts one launcher per node; nothing reads the job's SLURM_*
+    # variables in the shell (the plugin strips them before the rule runs).
+    assert (
+        "srun --nodes 4 --ntasks 4 --ntasks-per-node 1 --cpus-per-task 48 --gpus-per-node 8 "
+        "--kill-on-bad-exit=1 " in out
+    )
+    assert "-m contriever_repro.launch --nnodes 4 --nproc-per-node 8 -- " in out
+    assert "$SLURM" not in out and "--overlap" not in out
+    assert re.search(r"--attempt 1 --time-limit-min 4320 2> \S+\.log", out)
+
+
+class _Resources(dict):
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+def _job(resources: dict) -> SimpleNamespace:
+    """A job as the SLURM plugin sees it, from a dry-run's resource listing."""
+    res = {k: int(v) if v.isdigit() else v for k, v in resources.items() if v != "<TBD>"}
+    return SimpleNamespace(resources=_Resources(res), threads=1)
+
+
+def _sbatch(resources: dict) -> str:
+    """The sbatch command the installed SLURM plugin would submit for these resources."""
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
+
+    job = _job(resources)
+    validate_slurm_extra(job)  # the plugin refuses --gres/--gpus/--nodes... there
+    params = {"run_uuid": "u", "slurm_logfile": "l", "comment_str": "c", "account": "",
+              "partition": "", "workdir": "."}  # fmt: skip
+    return get_submit_command(job, params)
+
+
+def _paper_config(tmp_path: Path, name: str, **changes) -> Path:
+    """The paper config with pretraining.<name> changed (nested --config values arrive
+    as strings)."""
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["pretraining"][name].update(changes)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_one_node_pretraining_requests_its_gpus_once(tmp_path, fake_slurm):
+    from snakemake_executor_plugin_slurm_jobstep import get_gpu_setting
+
+    one_node = _paper_config(tmp_path, "ablation-moco", nodes=1, gpus_per_node=8)
+    proc = snakemake(
+        "-n", "-p", "--profile", "slurm", "work/paper/models/ablation-moco", "--nolock",
+        "--configfile", str(one_node), cwd=ROOT, env={"PATH": fake_slurm["PATH"]},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    out = proc.stdout + proc.stderr
+    (job,) = _jobs(out)["pretrain"]
+    res = job["resources"]
+    assert res["gpu"] == "8" and res["nodes"] == "1" and res["cpus_per_task"] == "48"
+    assert not {"gres", "gpus", "mpi", "tasks", "slurm_extra"} & set(res)
+    sbatch = _sbatch(res)
+    assert " --gpus" not in sbatch and "--gres" not in sbatch and "--signal" not in sbatch
+    # ... and the plugin's one-task step gets them as --gpus=8 (from `gpu`), once.
+    assert get_gpu_setting(_job(res)) == "--gpus=8"
+    assert "-m torch.distributed.run --standalone --nnodes 1 --nproc-per-node 8 " in out
+    assert "srun" not in out.split("rule pretrain:")[1].split("Shell command:")[1].split("\n")[0]
+
+
+def test_a_changed_experiment_is_refused_before_any_job_runs(tmp_path, fake_slurm):
+    """A run folder whose checkpoints were made with other values: `snakemake -n` fails
+    at once, naming the experiment and what changed (no submission, no deletion)."""
+    from contriever_repro.plan import pretrain_config
+
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    training = pretrain_config(cfg, "ablation-moco").training_dict()
+    record = {"init": "bert-base-uncased", **json.loads(json.dumps(training))}
+    run = tmp_path / "work" / "pretrain" / "ablation-moco"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "latest").write_text("step-00001000\n")
+    (run / "experiment.json").write_text(json.dumps({**record, "lr": 1e-4}))
+    (tmp_path / "work" / "models" / "ablation-moco").mkdir(parents=True)
+    changed = _paper_config(tmp_path, "ablation-moco", temperature=0.1)
+    proc = snakemake(
+        "-n", "--profile", "slurm", str(tmp_path / "work/models/ablation-moco"), "--nolock",
+        "--configfile", str(changed), "--config", f"work_dir={tmp_path / 'work'}",
+        cwd=ROOT, env={"PATH": fake_slurm["PATH"]},
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "pretraining.ablation-moco: the configuration differs" in out
+    assert f"checkpoints in {run} were made with" in out
+    assert "lr: 0.0001 -> 5e-05; temperature: 0.05 -> 0.1" in out
+    assert (tmp_path / "work" / "models" / "ablation-moco").is_dir()
+    assert not fake_slurm["calls"].exists() or "sbatch" not in fake_slurm["calls"].read_text()
 
 
 # --------------------------------------------------------- what reaches sbatch

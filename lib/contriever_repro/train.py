@@ -56,13 +56,26 @@ from .optim import build_optimizer, build_scheduler
 from .pretrain_config import PretrainConfig
 from .pretrain_data import ChunkSampler, PretrainBatches, TokenShards
 from .progress import fmt_seconds
+from .runfolder import (
+    EXPORT_DIR,
+    NotRetried,
+    RunFolderBusy,
+    RunLock,
+    attach_log,
+    changed_config_message,
+    check_not_failed_before,
+    config_changes,
+    detach_log,
+    experiment_record,
+    record_failure,
+    write_experiment,
+)
 
 log = logging.getLogger(__name__)
 
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again", which is what a retry will do
 STOP_SIGNALS = ("SIGUSR1", "SIGTERM")
 METRICS_FILE = "metrics.jsonl"
-EXPERIMENT_FILE = "experiment.json"
 
 
 class Preempted(Exception):
@@ -305,25 +318,28 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
-def _check_experiment(run_dir: Path, cfg: PretrainConfig, init: str, fresh: bool) -> None:
+def _check_experiment(run_dir: Path, cfg: PretrainConfig, record: dict) -> None:
     """A run directory belongs to one training configuration; refuse to mix two."""
-    path = run_dir / EXPERIMENT_FILE
-    mine = {"init": str(init), **cfg.training_dict()}
-    mine = json.loads(json.dumps(mine))
-    if path.exists() and not fresh:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        differ = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
-        differ = [k for k in differ if k != "init"]  # the same model may move folders
-        if differ:
-            changes = ", ".join(f"{k}: {saved.get(k)!r} -> {mine.get(k)!r}" for k in differ)
-            raise InputError(
-                f"the checkpoints here were made with another configuration of "
-                f"pretraining.{cfg.name} ({changes}); "
-                "restore the configuration or delete the run folder to start afresh",
-                path,
-            )
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(mine, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    changes = config_changes(run_dir, record)
+    if changes:
+        raise InputError(changed_config_message(cfg.name, run_dir, changes))
+    write_experiment(run_dir, record)
+
+
+def _on_main(env: Dist, fn):
+    """Run `fn` on rank 0 only; if it fails, every rank stops (none waits for rank 0 at a
+    collective that never comes). Returns fn's result on rank 0, None elsewhere."""
+    result, error = None, None
+    if env.is_main:
+        try:
+            result = fn()
+        except Exception as err:  # re-raised below, after the other ranks know
+            error = err
+    if env.all_max(error is not None):
+        if error is not None:
+            raise error
+        raise InputError("rank 0 stopped before training (its log says why); so does this rank")
+    return result
 
 
 # --------------------------------------------------------------------------- export
@@ -358,6 +374,32 @@ def export_hf_folder(
     return Path(out_dir)
 
 
+def _finished_export(run_dir: Path, cfg: PretrainConfig) -> Path | None:
+    """The run folder's export if it holds this configuration's final step."""
+    meta = run_dir / EXPORT_DIR / "pretraining.json"
+    if not meta.is_file():
+        return None
+    done = json.loads(meta.read_text(encoding="utf-8"))
+    same = done.get("config") == json.loads(json.dumps(cfg.training_dict()))
+    return meta.parent if same and done.get("step") == cfg.steps else None
+
+
+def copy_export(src: str | Path, out_dir: str | Path) -> Path:
+    """Publish the run folder's export as `out_dir` (hard links where the file system
+    allows, else copies): deleting or replacing `out_dir` never touches the original."""
+    import shutil
+
+    def link_or_copy(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    with atomic_dir(out_dir) as tmp:
+        shutil.copytree(src, tmp, copy_function=link_or_copy, dirs_exist_ok=True)
+    return Path(out_dir)
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -372,6 +414,7 @@ def pretrain(
     device: str | None = None,
     sync_timing: bool = False,
     stop_at: int | None = None,
+    attempt: int | None = None,
 ) -> dict:
     """Train `cfg` from `init` on the token shards in `source_dirs` (name → folder).
 
@@ -379,13 +422,69 @@ def pretrain(
     fails without one, "never" refuses a run folder that already has checkpoints.
     `deadline` (epoch seconds) stops the run with a checkpoint, like a signal.
     `stop_at` ends the call after that step with a checkpoint (benchmarks, tests) and
-    does not export. Returns a summary of the run.
+    does not export. `attempt` is Snakemake's attempt number: an error that a retry
+    cannot fix is recorded in the run folder, and a later attempt of the same
+    configuration stops at once with it (runfolder.py). Returns a summary of the run.
+
+    Rank 0 holds the run folder's lock for the whole call: a second trainer on the same
+    folder (an orphan of a killed Snakemake, a second workflow) is refused, naming the
+    holder. The finished model is written to `<run_dir>/export` and copied to
+    `export_dir`, so deleting `export_dir` loses nothing.
     """
     if resume not in ("auto", "require", "never"):
         raise ValueError(f"resume must be auto, require or never, got {resume!r}")
     run_dir = Path(run_dir)
     env = setup_distributed(device or cfg.device)
+    record = experiment_record(cfg.training_dict(), str(init))
+    lock = _on_main(env, RunLock(run_dir).acquire)
+    handler = None
+    try:
+        handler = attach_log(run_dir, env.rank, attempt)
+        _on_main(env, lambda: check_not_failed_before(run_dir, record, attempt))
+        return _train(
+            cfg, init, source_dirs, run_dir, env, record, export_dir, resume, deadline,
+            sync_timing, stop_at,
+        )  # fmt: skip
+    except InputError as err:
+        if env.is_main and not isinstance(err, (NotRetried, RunFolderBusy)):
+            record_failure(run_dir, record, attempt, str(err))
+        _log_to_run(handler, logging.ERROR, f"error: {err}")
+        raise
+    except Preempted as stop:
+        _log_to_run(handler, logging.WARNING, str(stop))
+        raise
+    except BaseException as err:
+        _log_to_run(handler, logging.ERROR, f"failed: {err!r}", exc=err)
+        raise
+    finally:
+        if handler is not None:
+            detach_log(handler)
+        if lock is not None:
+            lock.release()
 
+
+def _log_to_run(handler, level: int, message: str, exc: BaseException | None = None) -> None:
+    """Write the way an attempt ended to the run folder's log only (the caller reports
+    it on stderr)."""
+    if handler is None:
+        return
+    exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
+    handler.handle(log.makeRecord(log.name, level, __file__, 0, message, (), exc_info))
+
+
+def _train(
+    cfg: PretrainConfig,
+    init: str | Path,
+    source_dirs: Mapping[str, str | Path],
+    run_dir: Path,
+    env: Dist,
+    record: dict,
+    export_dir: str | Path | None,
+    resume: str,
+    deadline: float | None,
+    sync_timing: bool,
+    stop_at: int | None,
+) -> dict:
     # ---- everything that can be wrong is checked before the model touches a GPU
     tokenizer = load_tokenizer(init)
     sources = open_sources(cfg, source_dirs, tokenizer, env.rank, env.world_size)
@@ -403,10 +502,17 @@ def pretrain(
             "folder to start afresh",
             run_dir,
         )
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _check_experiment(run_dir, cfg, str(init), fresh=latest is None)
-    env.barrier()
+    _on_main(env, lambda: _check_experiment(run_dir, cfg, record))
+
+    finished = _finished_export(run_dir, cfg)
+    if finished is not None and stop_at is None:
+        # A finished run (its output deleted, or a bookkeeping key changed): publish the
+        # model it exported instead of loading the last checkpoint again.
+        if export_dir is not None and env.is_main:
+            copy_export(finished, export_dir)
+            log.info("run already finished: copied its model %s to %s", finished, export_dir)
+        env.barrier()
+        return json.loads((finished / "pretraining.json").read_text(encoding="utf-8"))
 
     torch.manual_seed(cfg.seed + env.rank)
     np.random.seed((cfg.seed + env.rank) % 2**32)
@@ -612,8 +718,9 @@ def pretrain(
     }
     if export_dir is not None and step == cfg.steps:
         if env.is_main:
-            export_hf_folder(model, tokenizer, export_dir, summary)
-            log.info("exported the query encoder to %s", export_dir)
+            kept = export_hf_folder(model, tokenizer, run_dir / EXPORT_DIR, summary)
+            copy_export(kept, export_dir)
+            log.info("exported the query encoder to %s (kept in %s)", export_dir, kept)
         env.barrier()
     return summary
 

@@ -11,7 +11,7 @@ import yaml
 
 sys.path.insert(0, str(Path(workflow.basedir) / "lib"))
 
-from contriever_repro import launch, plan  # noqa: E402
+from contriever_repro import launch, plan, runfolder  # noqa: E402
 
 WORK = config["work_dir"]
 RESULTS = config["results_dir"]
@@ -281,10 +281,28 @@ def experiment(name):
 
 
 def pretrain_inputs(name):
+    check_run_folder(name)
     cfg = experiment(name)
     files = [f for src in cfg.sources for f in shard_files(cfg.tokenizer, src)]
     init = pretrain_init(name)
     return files + ([init] if init != cfg.init else [])
+
+
+def pretrain_run_dir(name):
+    return f"{WORK}/pretrain/{name}"
+
+
+def check_run_folder(name):
+    """Refuse, before any job is submitted, an experiment whose configuration differs
+    from the one its run folder's checkpoints were made with (a retry cannot fix it)."""
+    record = runfolder.experiment_record(
+        experiment(name).training_dict(), pretrain_init(name)
+    )
+    changes = runfolder.config_changes(pretrain_run_dir(name), record)
+    if changes:
+        raise plan.InputError(
+            runfolder.changed_config_message(name, pretrain_run_dir(name), changes)
+        )
 
 
 def pretrain_init(name):
@@ -302,9 +320,20 @@ def pretrain_sources(name):
     )
 
 
-def pretrain_launch(name):
+def pretrain_launch(name, resources):
     cfg = experiment(name)
-    return launch.launch_prefix(PY, cfg.nodes, cfg.gpus_per_node)
+    return launch.launch_prefix(
+        PY,
+        cfg.nodes,
+        cfg.gpus_per_node,
+        cpus_per_node=resources.get("cpus_per_task", 1),
+        device=cfg.device,
+        mpi=resources.get("mpi") or "srun",
+    )
+
+
+# The experiment's shape decides these; config.resources.pretrain may set the rest.
+PRETRAIN_SHAPE = ("nodes", "gpu", "gpus", "gres", "tasks", "tasks_per_node", "mpi")
 
 
 def pretrain_resources(name):
@@ -312,9 +341,16 @@ def pretrain_resources(name):
     out = launch.slurm_resources(
         cfg.nodes, cfg.gpus_per_node, cfg.device, cfg.num_workers
     )
-    # Only what config.resources.pretrain sets explicitly overrides the experiment's
-    # shape; memory and time fall back to the default block.
-    out.update(config.get("resources", {}).get("pretrain", {}))
+    extra = dict(config.get("resources", {}).get("pretrain", {}))
+    for key in PRETRAIN_SHAPE:
+        if key in extra:
+            raise plan.InputError(
+                f"resources.pretrain.{key}: the nodes and GPUs of a pre-training job "
+                f"come from pretraining.{name}.nodes / gpus_per_node / device"
+            )
+    if extra.get("slurm_extra") and out.get("slurm_extra"):
+        extra["slurm_extra"] = f"{out['slurm_extra']} {extra['slurm_extra']}"
+    out.update(extra)
     for key in ("mem_mb", "runtime"):
         if key not in out and res("pretrain", key) is not None:
             out[key] = res("pretrain", key)

@@ -1,7 +1,8 @@
 # Contrastive pre-training: corpora -> one document per line -> N pieces -> token shards
 # (one job per piece) -> training (one job, torchrun inside) -> HF folder models/{name}.
-# The run folder {WORK}/pretrain/{name} (checkpoints, metrics) is not a rule output, so
-# Snakemake never deletes it when a job fails: a retry resumes from its checkpoint.
+# The run folder {WORK}/pretrain/{name} (checkpoints, metrics, logs, the exported model;
+# see lib/contriever_repro/runfolder.py) is not a rule output, so Snakemake never deletes
+# it: a retry resumes from its checkpoint, and models/{name} is a copy of its export.
 
 
 rule download_corpus:
@@ -109,28 +110,38 @@ rule pretrain:
     output:
         directory(f"{WORK}/models/{{name}}"),
     log:
+        # This attempt's stderr (Snakemake deletes it before each attempt); every
+        # attempt's log is appended to {WORK}/pretrain/{name}/logs/train.log.
         f"{WORK}/logs/pretrain/{{name}}.log",
     wildcard_constraints:
         name="|".join(map(re.escape, PRETRAINING)) or "^$",
+    # Retries resume after a pre-emption or time limit (exit 75). An error no retry can
+    # fix is recorded in the run folder and ends later attempts at once; a changed
+    # configuration is refused when the DAG is built (check_run_folder).
     retries: max([plan.pretrain_config(config, n).max_restarts for n in PRETRAINING] or [0])
     resources:
         **slurm_placement(gpu=True),
+        # nodes, cpus_per_task, gpu (one node) or mpi/tasks/slurm_extra (several):
+        # launch.slurm_resources; None leaves a resource out.
         nodes=lambda wc: pretrain_resources(wc.name)["nodes"],
-        gpu=lambda wc: pretrain_resources(wc.name).get("gpu", 0),
-        gres=lambda wc: pretrain_resources(wc.name).get("gres", ""),
+        gpu=lambda wc: pretrain_resources(wc.name).get("gpu"),
+        mpi=lambda wc: pretrain_resources(wc.name).get("mpi"),
+        tasks=lambda wc: pretrain_resources(wc.name).get("tasks"),
+        slurm_extra=lambda wc: pretrain_resources(wc.name).get("slurm_extra"),
         cpus_per_task=lambda wc: pretrain_resources(wc.name)["cpus_per_task"],
         mem_mb=lambda wc: pretrain_resources(wc.name).get("mem_mb", 16000),
         runtime=lambda wc: pretrain_resources(wc.name).get("runtime", 60),
+        attempt=lambda wc, attempt: attempt,
     params:
-        launch=lambda wc: pretrain_launch(wc.name),
+        launch=lambda wc, resources: pretrain_launch(wc.name, resources),
         script=f"{SCRIPTS}/pretrain.py",
         experiment=lambda wc: json.dumps(PRETRAINING[wc.name] or {}, sort_keys=True),
         init=lambda wc: pretrain_init(wc.name),
         sources=lambda wc: pretrain_sources(wc.name),
-        run_dir=lambda wc: f"{WORK}/pretrain/{wc.name}",
+        run_dir=lambda wc: pretrain_run_dir(wc.name),
         time_limit=time_limit_arg,
     shell:
-        # 2>> keeps the log of every attempt: a resumed run appends to it.
         "{params.launch} {params.script:q} --name {wildcards.name:q} "
         "--experiment {params.experiment:q} --init {params.init:q} {params.sources} "
-        "--run-dir {params.run_dir:q} --export {output:q} {params.time_limit} 2>> {log:q}"
+        "--run-dir {params.run_dir:q} --export {output:q} --attempt {resources.attempt} "
+        "{params.time_limit} 2> {log:q}"
