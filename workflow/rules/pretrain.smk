@@ -143,5 +143,5 @@ rule pretrain:
     shell:
         "{params.launch} {params.script:q} --name {wildcards.name:q} "
         "--experiment {params.experiment:q} --init {params.init:q} {params.sources} "
-        "--run-dir {params.run_dir:q} --export {output:q} --attempt {resources.attempt} "
+        "--run-dir {params.run_dir:q} --export {output:q} --attempt {resources.attempt:q} "
         "{params.time_limit} 2> {log:q}"
