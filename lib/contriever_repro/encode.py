@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from .errors import InputError
-from .io import atomic_path, write_table
+from .io import write_npy, write_table, write_text
 from .models import ModelSpec, pool, torch_dtype
 from .progress import Progress
 from .text import passage_text, prepare
@@ -153,8 +153,7 @@ def encode_texts(
                     parts.append(part)
                     continue
             part = _encode_sorted(chunk, progress=progress, **kwargs)
-            with atomic_path(chunk_file) as tmp, open(tmp, "wb") as fh:
-                np.save(fh, part)
+            write_npy(part, chunk_file)
             parts.append(part)
         dim = model.config.hidden_size
         sorted_emb = np.concatenate(parts) if parts else np.empty((0, dim), np.float32)
@@ -173,12 +172,10 @@ def save_embeddings(
     npy = prefix.with_name(prefix.name + ".npy")
     ids_path = prefix.with_name(prefix.name + ".ids.parquet")
     meta_path = prefix.with_name(prefix.name + ".json")
-    with atomic_path(npy) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, emb.astype(np.float32, copy=False))
+    write_npy(emb.astype(np.float32, copy=False), npy)
     write_table(pd.DataFrame({"id": pd.Series(list(ids), dtype="string")}), ids_path)
     meta = {**meta, "count": int(emb.shape[0]), "dim": int(emb.shape[1])}
-    with atomic_path(meta_path) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    write_text(json.dumps(meta, indent=2, sort_keys=True), meta_path)
     return npy, ids_path, meta_path
 
 
