@@ -4,6 +4,7 @@ from contriever_repro.errors import InputError
 from contriever_repro.plan import (
     check_references,
     dataset_units,
+    model_card_cells,
     model_kind,
     stable_hash,
     table_cells,
@@ -132,3 +133,29 @@ def test_pretraining_experiments_are_checked_against_corpora_and_tokenizers():
         check_pretraining(config)
     with pytest.raises(InputError, match=r"pretraining\.nope: not defined"):
         pretrain_config(config, "nope")
+
+
+def test_model_card_cells_are_the_evaluations_of_the_exported_model():
+    config = {
+        "models": {
+            "trained": {"source": "workflow:run1"},
+            "trained-msmarco": {"source": "workflow:run1", "max_query_length": 64},
+            "other": {"source": "workflow:run2"},
+            "hub": {"source": "facebook/contriever"},
+        },
+        "tables": {
+            "table2": {
+                "datasets": ["b", "a"],
+                "columns": [{"model": "trained"}, {"model": "hub"}, {"paper": "x"}],
+            },
+            "table3": {"datasets": ["a"], "columns": [{"model": "trained-msmarco"}]},
+        },
+        "figures": {"figure2": {"datasets": ["c"], "series": [{"points": [{"model": "other"}]}]}},
+    }
+    assert model_card_cells(config, "run1") == [
+        ("trained", "a"),
+        ("trained", "b"),
+        ("trained-msmarco", "a"),
+    ]
+    assert model_card_cells(config, "run2") == [("other", "c")]
+    assert model_card_cells(config, "nothing") == []

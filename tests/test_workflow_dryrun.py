@@ -185,3 +185,13 @@ def test_pretraining_targets_show_the_whole_dag(fake_slurm, target, experiments)
         assert res["nodes"] == "4" and res["gres"] == "gpu:8" and res["runtime"] == "4320"
     assert "srun --overlap --nodes 4 --ntasks-per-node 1" in out
     assert "-m torch.distributed.run --nnodes 4 --nproc-per-node 8" in out
+
+
+def test_model_card_target_gathers_the_metrics_of_the_trained_model():
+    proc = snakemake("-n", "-p", "results/model_cards/contriever.md", "--nolock", cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = _jobs(proc.stdout)
+    assert [j["wildcards"]["name"] for j in jobs["pretrain"]] == ["contriever"]
+    assert {j["wildcards"]["model"] for j in jobs["dataset_metrics"]} == {"contriever-trained"}
+    assert len(jobs["model_card"]) == 1
+    assert "model_cards/contriever.md" in proc.stdout and "--metrics " in proc.stdout
