@@ -60,10 +60,7 @@ def _module_files(dim: int, max_seq_length: int) -> dict[str, Any]:
             "pooling_mode_mean_tokens": True,
             "pooling_mode_max_tokens": False,
             "pooling_mode_mean_sqrt_len_tokens": False,
-            "pooling_mode_weightedmean_tokens": False,
-            "pooling_mode_lasttoken": False,
-            "include_prompt": True,
-        },
+        },  # only the keys every version knows (older ones refuse unknown keys)
         "config_sentence_transformers.json": {
             "prompts": {},
             "default_prompt_name": None,
