@@ -52,6 +52,7 @@ localrules:
     figure,
     demo_world,
     build_tiny_bert,
+    model_card,
 
 
 rule all:

@@ -144,3 +144,102 @@ def test_encoding_job_never_loads_from_the_hub(tmp_path, minilm_path):
     meta = json.loads((tmp_path / "q.json").read_text())
     assert meta["device"] == "cpu"
     assert np.load(tmp_path / "q.npy").shape == (1, 384)
+
+
+# ------------------------------------------------------------------ long documents
+
+
+def _long_real_texts(shared_data) -> list[str]:
+    """Real text joined into documents far longer than 512 tokens, in several scripts."""
+    wiki = shared_data / "text" / "wikipedia-summaries"
+    leipzig = shared_data / "text" / "leipzig-sentences"
+    docs = []
+    for path in (wiki / "en.txt", wiki / "fr.txt", wiki / "es.txt"):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        docs.append(" ".join(lines[:60]))  # ~60 KB
+        docs.append("\n".join(lines[100:160]))  # newlines, spaces inside lines
+    for lang in ("de", "ru", "ar", "zh", "ja", "ko", "th"):
+        lines = (leipzig / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
+        docs.append(" ".join(lines[:300]))
+    return docs
+
+
+def _adversarial_texts() -> list[str]:
+    long_word = "x" * 150  # longer than BERT's 100-character word limit: one [UNK] each
+    return [
+        " ".join([long_word] * 400) + " " + "retrieval " * 2000,  # cut too short at first
+        ("a" + " " * 30) * 3000,  # runs of spaces
+        "y" * 50_000,  # no space at all: never cut
+        "word " * 20_000 + "é" * 10,
+        "short text",
+    ]
+
+
+def test_tokenising_a_cut_gives_the_ids_of_the_whole_text(minilm, shared_data):
+    _, tok, _ = minilm
+    texts = _long_real_texts(shared_data) + _adversarial_texts()
+    assert min(len(t) for t in texts[:-1]) > 512 * enc.CHARS_PER_TOKEN
+    for max_length in (512, 128):
+        whole = tok(
+            texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        bounded = enc.tokenize(tok, texts, max_length)
+        assert bounded["input_ids"].equal(whole["input_ids"]), max_length
+        assert bounded["attention_mask"].equal(whole["attention_mask"]), max_length
+
+
+def test_the_cut_ends_before_a_space_where_the_kept_tokens_end(minilm, shared_data, monkeypatch):
+    """With budgets of a few characters per token the cut lands on every kind of place,
+    including a word whose pieces would complete max_length only if the word were cut."""
+    _, tok, _ = minilm
+    lines = (shared_data / "text" / "wikipedia-summaries" / "en.txt").read_text().splitlines()
+    texts = [" ".join(lines[i : i + 3]) for i in range(0, 60, 3)]
+    for chars_per_token in (2, 3, 5):
+        monkeypatch.setattr(enc, "CHARS_PER_TOKEN", chars_per_token)
+        for max_length in range(8, 64, 4):
+            whole = tok(texts, padding=True, truncation=True, max_length=max_length)
+            bounded = enc.tokenize(tok, texts, max_length)
+            assert bounded["input_ids"].tolist() == whole["input_ids"], (
+                chars_per_token,
+                max_length,
+            )
+
+
+class _Spy:
+    """The real tokenizer, recording the longest text it was given."""
+
+    def __init__(self, tok):
+        self.tok, self.longest = tok, 0
+
+    def __call__(self, texts, **kw):
+        self.longest = max(self.longest, *map(len, texts))
+        return self.tok(texts, **kw)
+
+
+def test_megabyte_documents_are_not_tokenised_whole(minilm):
+    spec, tok, model = minilm
+    spy = _Spy(tok)
+    doc = "dense retrieval with contrastive learning " * 25_000  # 1 MB
+    enc.encode_texts([doc, doc[:-7]], spy, model, max_length=512, batch_size=2)
+    assert spy.longest < 512 * enc.CHARS_PER_TOKEN + 20
+
+
+def test_embeddings_do_not_change_with_the_cut(minilm, shared_data, monkeypatch):
+    spec, tok, model = minilm
+    wiki = (shared_data / "text" / "wikipedia-summaries" / "en.txt").read_text(encoding="utf-8")
+    lines = wiki.splitlines()
+    texts = [
+        *TEXTS,
+        lines[0],
+        " ".join(lines[1:80]),  # ~80 KB
+        _adversarial_texts()[0],
+        " ".join(lines[200:202]),
+    ]
+
+    def run():
+        return enc.encode_texts(texts, tok, model, max_length=256, batch_size=3)
+
+    bounded = run()
+    monkeypatch.setattr(enc, "CHARS_PER_TOKEN", 10**9)  # no cut: the whole texts
+    whole = run()
+    assert np.array_equal(bounded, whole)

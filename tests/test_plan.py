@@ -11,6 +11,7 @@ from contriever_repro.plan import (
     dataset_units,
     known_metrics,
     local_unit_files,
+    model_card_cells,
     model_kind,
     stable_hash,
     table_cells,
@@ -343,3 +344,29 @@ def test_dry_run_fails_at_once_on_a_report_typo(tmp_path, path, value, message):
     assert message in output, output[-3000:]
     assert "Building DAG" not in output
     assert not (tmp_path / "work").exists() and not (tmp_path / "results").exists()
+
+
+def test_model_card_cells_are_the_evaluations_of_the_exported_model():
+    config = {
+        "models": {
+            "trained": {"source": "workflow:run1"},
+            "trained-msmarco": {"source": "workflow:run1", "max_query_length": 64},
+            "other": {"source": "workflow:run2"},
+            "hub": {"source": "facebook/contriever"},
+        },
+        "tables": {
+            "table2": {
+                "datasets": ["b", "a"],
+                "columns": [{"model": "trained"}, {"model": "hub"}, {"paper": "x"}],
+            },
+            "table3": {"datasets": ["a"], "columns": [{"model": "trained-msmarco"}]},
+        },
+        "figures": {"figure2": {"datasets": ["c"], "series": [{"points": [{"model": "other"}]}]}},
+    }
+    assert model_card_cells(config, "run1") == [
+        ("trained", "a"),
+        ("trained", "b"),
+        ("trained-msmarco", "a"),
+    ]
+    assert model_card_cells(config, "run2") == [("other", "c")]
+    assert model_card_cells(config, "nothing") == []

@@ -429,3 +429,13 @@ def test_tokenizers_and_inits_from_the_hub_are_prefetched_too():
     assert tokenize and all(f"--tokenizer {folder} " in c for c in tokenize)
     pretrain = re.findall(r"(?m)^Shell command: .*pretrain\.py .*$", proc.stdout)
     assert len(pretrain) == 2 and all(f"--init {folder} " in c for c in pretrain)
+
+
+def test_model_card_target_gathers_the_metrics_of_the_trained_model():
+    proc = snakemake("-n", "-p", "results/model_cards/contriever.md", "--nolock", cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = _jobs(proc.stdout)
+    assert [j["wildcards"]["name"] for j in jobs["pretrain"]] == ["contriever"]
+    assert {j["wildcards"]["model"] for j in jobs["dataset_metrics"]} == {"contriever-trained"}
+    assert len(jobs["model_card"]) == 1
+    assert "model_cards/contriever.md" in proc.stdout and "--metrics " in proc.stdout

@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from .errors import InputError
+from .errors import DISK_FULL_EXIT_CODE, DiskFullError, InputError
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -18,14 +18,21 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def run_main(main: Callable[[], None]) -> None:
-    """Run a script's main; bad input becomes one readable line and exit status 2."""
+    """Run a script's main; bad input becomes one readable line and exit status 2, a full
+    disk one line and exit status 74 (DISK_FULL_EXIT_CODE)."""
     setup_logging()
     try:
         main()
     except InputError as err:
-        logging.getLogger("contriever_repro").error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        _fail(err, 2)
+    except DiskFullError as err:
+        _fail(err, DISK_FULL_EXIT_CODE)
+
+
+def _fail(err: Exception, status: int) -> None:
+    logging.getLogger("contriever_repro").error("%s", err)
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(status)
 
 
 def set_threads(n: int | None) -> None:

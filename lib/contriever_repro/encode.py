@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from .errors import InputError
-from .io import atomic_path, write_table
+from .io import write_npy, write_table, write_text
 from .models import ModelSpec, pool, torch_dtype
 from .progress import Progress
 from .text import passage_text, prepare
@@ -60,6 +60,54 @@ def _autocast(device: torch.device, dtype: str):
     return torch.autocast(device_type=device.type, dtype=torch_dtype(dtype))
 
 
+# A token covers at least one character and natural text averages 4-5 characters per
+# WordPiece token, so 16 characters per token leaves room while keeping what the
+# tokenizer sees to kilobytes however long a document is.
+CHARS_PER_TOKEN = 16
+
+
+def cut_at_space(text: str, limit: int) -> str:
+    """`text` up to the first space at or after `limit` characters (all of it when it is
+    no longer than `limit` or no space follows)."""
+    if len(text) <= limit:
+        return text
+    end = text.find(" ", limit)
+    return text if end < 0 else text[:end]
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_length: int):
+    """`tokenizer(texts, padding=True, truncation=True, max_length=max_length)` (tensors)
+    without tokenising text that truncation would throw away.
+
+    Tokenising a 1 MB document to keep its first 512 tokens costs memory and time in
+    proportion to the megabyte, so each text is first cut at a space after
+    `max_length * CHARS_PER_TOKEN` characters. The tokenizers of the encoders used here
+    (WordPiece, SentencePiece, byte-level BPE) split words at spaces before cutting them
+    into pieces, so a prefix that ends before a space tokenises into exactly the first
+    tokens of the whole text. If the cut text still fills `max_length`, truncation keeps
+    those same tokens; one that does not fill (very long "words", runs of spaces) is cut
+    again four times longer, until it fills or is whole. The result is the same input
+    ids and attention mask as tokenising the whole texts.
+    """
+    texts = list(texts)
+    limits = [max_length * CHARS_PER_TOKEN] * len(texts)
+    while True:
+        cut = [cut_at_space(t, n) for t, n in zip(texts, limits, strict=True)]
+        enc = tokenizer(
+            cut, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        lengths = enc["attention_mask"].sum(dim=1).tolist()
+        short = [
+            i
+            for i, (c, t) in enumerate(zip(cut, texts, strict=True))
+            if len(c) < len(t) and lengths[i] < max_length
+        ]
+        if not short:
+            return enc
+        for i in short:
+            limits[i] *= 4
+
+
 def _encode_sorted(
     texts: Sequence[str],
     tokenizer,
@@ -77,13 +125,7 @@ def _encode_sorted(
     with torch.inference_mode(), _autocast(device, dtype):
         for start in range(0, len(texts), batch_size):
             batch = list(texts[start : start + batch_size])
-            enc = tokenizer(
-                batch,
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            )
+            enc = tokenize(tokenizer, batch, max_length)
             enc = {k: v.to(device) for k, v in enc.items() if k != "token_type_ids"}
             hidden = model(**enc).last_hidden_state
             emb = pool(hidden.float(), enc["attention_mask"], pooling)
@@ -153,8 +195,7 @@ def encode_texts(
                     parts.append(part)
                     continue
             part = _encode_sorted(chunk, progress=progress, **kwargs)
-            with atomic_path(chunk_file) as tmp, open(tmp, "wb") as fh:
-                np.save(fh, part)
+            write_npy(part, chunk_file)
             parts.append(part)
         dim = model.config.hidden_size
         sorted_emb = np.concatenate(parts) if parts else np.empty((0, dim), np.float32)
@@ -173,12 +214,10 @@ def save_embeddings(
     npy = prefix.with_name(prefix.name + ".npy")
     ids_path = prefix.with_name(prefix.name + ".ids.parquet")
     meta_path = prefix.with_name(prefix.name + ".json")
-    with atomic_path(npy) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, emb.astype(np.float32, copy=False))
+    write_npy(emb.astype(np.float32, copy=False), npy)
     write_table(pd.DataFrame({"id": pd.Series(list(ids), dtype="string")}), ids_path)
     meta = {**meta, "count": int(emb.shape[0]), "dim": int(emb.shape[1])}
-    with atomic_path(meta_path) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    write_text(json.dumps(meta, indent=2, sort_keys=True), meta_path)
     return npy, ids_path, meta_path
 
 

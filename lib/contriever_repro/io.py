@@ -11,16 +11,20 @@ Schemas (IDs are always strings):
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import InputError
+from .errors import DiskFullError, InputError
 
 CORPUS_SCHEMA = pa.schema([("doc_id", pa.string()), ("title", pa.string()), ("text", pa.string())])
 QUERIES_SCHEMA = pa.schema([("query_id", pa.string()), ("text", pa.string())])
@@ -44,28 +48,96 @@ SCHEMAS = {
 }
 
 
+# A write that fails like this means the file system is full (or the user's quota is).
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# Libraries that lose the errno keep its text: pyarrow ("[errno 28] No space left on
+# device"), safetensors/Rust ("(os error 28)").
+_FULL_TEXTS = {no: (os.strerror(no), f"os error {no}", f"errno {no}") for no in _FULL_ERRNOS}
+# Some writers report a failed write with neither (numpy's tofile: "N requested and M
+# written", torch.save: "unexpected pos"); if the file system has less than this left at
+# that moment, such an errno-less failure is taken to be a full disk.
+NEARLY_FULL_BYTES = 1 << 20
+
+
+def free_bytes(directory: str | Path) -> int:
+    """Bytes an unprivileged process can still write on `directory`'s file system."""
+    return shutil.disk_usage(directory).free
+
+
+def disk_full_reason(err: BaseException, directory: str | Path) -> str | None:
+    """'no space left on device' / 'disk quota exceeded' when `err` (or what caused it)
+    is a full file system under `directory`; None for any other error."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        code = getattr(e, "errno", None)
+        if isinstance(e, OSError) and code in _FULL_ERRNOS:
+            return os.strerror(code).lower()
+        text = str(e)
+        for no, needles in _FULL_TEXTS.items():
+            if any(n in text for n in needles):
+                return os.strerror(no).lower()
+        e = e.__cause__ or e.__context__
+    if isinstance(err, OSError | RuntimeError) and getattr(err, "errno", None) is None:
+        with contextlib.suppress(OSError):
+            if free_bytes(directory) < NEARLY_FULL_BYTES:
+                return os.strerror(errno.ENOSPC).lower()
+    return None
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def _disk_full_is_one_line(
+    path: Path, cleanup, needed: int | None, needed_is_bound: bool
+) -> Iterator[None]:
+    """Turn a full disk inside the block into DiskFullError, after `cleanup()` removed
+    the partial output (so the free space reported is what a rerun will have)."""
+    try:
+        yield
+    except Exception as err:
+        directory = path.parent if path.parent.exists() else Path.cwd()
+        reason = disk_full_reason(err, directory)
+        if reason is None:
+            raise
+        cleanup()
+        raise DiskFullError(
+            path, free_bytes(directory), needed, reason, needed_is_bound=needed_is_bound
+        ) from err
+
+
+@contextlib.contextmanager
+def atomic_path(
+    path: str | Path, needed: int | None = None, needed_is_bound: bool = False
+) -> Iterator[Path]:
     """Yield a temporary sibling path that is renamed onto `path` only on success.
 
     A crash or exception leaves nothing at `path`, so no half-written file ever
-    looks complete to Snakemake or to a later step.
+    looks complete to Snakemake or to a later step. A full disk raises DiskFullError,
+    one line naming `path` and the space it needs (`needed` bytes, an estimate or,
+    with `needed_is_bound`, an upper bound) against what is free.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
+    tmp_path: Path | None = None
+
+    def cleanup() -> None:
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
+
+    try:
+        with _disk_full_is_one_line(path, cleanup, needed, needed_is_bound):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            tmp_path = Path(tmp)
+            # mkstemp creates 0600 files; give the result the permissions a plain open()
+            # would.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_path, 0o666 & ~umask)
+            yield tmp_path
+            os.replace(tmp_path, path)
+    finally:
+        cleanup()
 
 
 def write_table(df: pd.DataFrame, path: str | Path, kind: str | None = None) -> None:
@@ -78,8 +150,24 @@ def write_table(df: pd.DataFrame, path: str | Path, kind: str | None = None) -> 
         table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
     else:
         table = pa.Table.from_pandas(df, preserve_index=False)
-    with atomic_path(path) as tmp:
+    # Arrow's in-memory size bounds the (compressed) parquet file from above.
+    with atomic_path(path, needed=table.nbytes + (64 << 10), needed_is_bound=True) as tmp:
         pq.write_table(table, tmp)
+
+
+def write_npy(array: np.ndarray, path: str | Path) -> None:
+    """`np.save(path, array)` atomically, byte for byte the same file.
+
+    The data go through Python's own file writes, which report a full disk with its
+    errno (numpy's fast path, `tofile`, loses it: "N requested and M written").
+    """
+    array = np.ascontiguousarray(array)
+    header = BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+    needed = header.tell() + array.nbytes
+    with atomic_path(path, needed=needed) as tmp, open(tmp, "wb") as fh:
+        fh.write(header.getvalue())
+        fh.write(memoryview(array.reshape(-1)).cast("B"))
 
 
 def read_table(path: str | Path, kind: str | None = None) -> pd.DataFrame:
@@ -96,24 +184,32 @@ def read_table(path: str | Path, kind: str | None = None) -> pd.DataFrame:
 
 
 def write_text(text: str, path: str | Path) -> None:
-    """Write a text file atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    """Write a text file atomically (UTF-8)."""
+    data = text.encode("utf-8")
+    with atomic_path(path, needed=len(data)) as tmp:
+        tmp.write_bytes(data)
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder that replaces `path` only if the block succeeds."""
-    import shutil
+def atomic_dir(path: str | Path, needed: int | None = None) -> Iterator[Path]:
+    """Yield a temporary sibling folder that replaces `path` only if the block succeeds.
 
+    A full disk raises DiskFullError (see atomic_path); the temporary folder is removed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
+    tmp: Path | None = None
+
+    def cleanup() -> None:
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+    try:
+        with _disk_full_is_one_line(path, cleanup, needed, False):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+            yield tmp
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+    finally:
+        cleanup()

@@ -279,6 +279,19 @@ def table_cells(table: dict) -> list[tuple[str, str]]:
     return pairs
 
 
+def model_card_cells(config: dict, name: str) -> list[tuple[str, str]]:
+    """(model, dataset) pairs measured for the model that pre-training `name` exports:
+    every evaluated model whose source is `workflow:<name>`, on every data set a table
+    or figure evaluates it on (sorted, no duplicates)."""
+    models = {
+        m
+        for m, cfg in (config.get("models") or {}).items()
+        if isinstance(cfg, dict) and workflow_model_name(str(cfg.get("source", ""))) == name
+    }
+    specs = [*(config.get("tables") or {}).values(), *(config.get("figures") or {}).values()]
+    return sorted({cell for spec in specs for cell in table_cells(spec) if cell[0] in models})
+
+
 def stable_hash(obj: Any) -> str:
     """Short hash of a JSON-able object; it changes exactly when the object changes."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()

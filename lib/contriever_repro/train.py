@@ -51,6 +51,7 @@ from .augment import ViewMaker
 from .checkpoint import Checkpoints, set_rng_state
 from .contrastive import Encoder, InBatch, MoCo, export_query_encoder
 from .errors import InputError
+from .export import write_hf_folder
 from .io import atomic_dir, atomic_path
 from .optim import build_optimizer, build_scheduler
 from .pretrain_config import PretrainConfig
@@ -348,7 +349,8 @@ def _on_main(env: Dist, fn):
 def export_hf_folder(
     model: torch.nn.Module, tokenizer, out_dir: str | Path, metadata: Mapping[str, Any]
 ) -> Path:
-    """Write the query encoder as a Hugging Face folder that `AutoModel` loads as is.
+    """Write the query encoder as a Hugging Face and sentence-transformers folder with
+    its model card (export.write_hf_folder).
 
     The weights are mapped with a strict key check (export_query_encoder) and loaded into
     a fresh `add_pooling_layer=False` model with `strict=True`, so a wrong key can never
@@ -364,14 +366,7 @@ def export_hf_folder(
     except TypeError:
         fresh = AutoModel.from_config(hf.config)
     fresh.load_state_dict(state, strict=True)
-    with atomic_dir(out_dir) as tmp:
-        fresh.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (Path(tmp) / "pretraining.json").write_text(
-            json.dumps(dict(metadata), indent=1, sort_keys=True, default=str) + "\n",
-            encoding="utf-8",
-        )
-    return Path(out_dir)
+    return write_hf_folder(fresh, tokenizer, out_dir, metadata)
 
 
 def _finished_export(run_dir: Path, cfg: PretrainConfig) -> Path | None:

@@ -39,3 +39,27 @@ rule prefetch_model:
     shell:
         "{params.py:q} {params.script:q} --repo-id {params.repo_id:q} "
         "--revision={params.revision:q} --users {params.users:q} --out {output:q} 2> {log:q}"
+
+
+# The card of a pre-trained model with the numbers this workflow measured for it (the
+# export writes the card without them: evaluation comes later). Written beside the
+# results, not into the model folder, so the encodings made from it stay up to date;
+# copy it over models/{name}/README.md before publishing the folder.
+rule model_card:
+    input:
+        model=f"{WORK}/models/{{name}}",
+        metrics=lambda wc: [
+            dataset_metrics(m, d) for m, d in plan.model_card_cells(config, wc.name)
+        ],
+    output:
+        f"{RESULTS}/model_cards/{{name}}.md",
+    log:
+        f"{WORK}/logs/model_card/{{name}}.log",
+    wildcard_constraints:
+        name="|".join(map(re.escape, PRETRAINING)) or "^$",
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/model_card.py",
+    shell:
+        "{params.py:q} {params.script:q} --model-dir {input.model:q} "
+        "--metrics {input.metrics:q} --out {output:q} 2> {log:q}"
