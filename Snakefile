@@ -28,12 +28,11 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
-include: "workflow/rules/demo.smk"
 include: "workflow/rules/models.smk"
-include: "workflow/rules/pretrain.smk"
-include: "workflow/rules/retrieve.smk"
-include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/tables.smk"
+include: "workflow/rules/training.smk"
+include: "workflow/rules/retrieval.smk"
+include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/reporting.smk"
 
 
 # Run by Snakemake itself on the submit host, never submitted: downloads and hub

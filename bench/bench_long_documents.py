@@ -50,8 +50,8 @@ def make_documents(n: int, mb: float, seed: int = 0) -> list[str]:
 def worker(args) -> None:
     import torch
 
-    from contriever_repro.encode import encode_texts
-    from contriever_repro.models import ModelSpec, load_encoder
+    from contriever_repro.models.spec import ModelSpec, load_encoder
+    from contriever_repro.retrieval.encode import encode_texts
 
     torch.set_num_threads(args.threads)
     docs = make_documents(args.docs, args.mb)

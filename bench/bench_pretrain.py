@@ -83,13 +83,13 @@ MFUS = (0.3, 0.5)
 
 def prepare(work: Path, models: set[str]) -> dict:
     """Models and token shards for the variants (made once, shared by the subprocesses)."""
-    from contriever_repro.pretrain_data import tokenize_text_file
-    from contriever_repro.train import load_tokenizer
+    from contriever_repro.training.loop import load_tokenizer
+    from contriever_repro.training.shards import tokenize_text_file
 
     out = {}
     if "tiny" in models:
-        from contriever_repro.demo_world import generate_pretraining_corpus
-        from contriever_repro.tiny_bert import build_tiny_bert
+        from contriever_repro.data.demo_world import generate_pretraining_corpus
+        from contriever_repro.models.tiny_bert import build_tiny_bert
 
         text = generate_pretraining_corpus(work / "demo" / "text.txt", DEMO_LINES, seed=0)
         model = build_tiny_bert(
@@ -114,7 +114,7 @@ def prepare(work: Path, models: set[str]) -> dict:
 def _config(
     model: str, precision: str, workers: int, ftz: bool, init: str, warmup: int, steps: int
 ):
-    from contriever_repro.pretrain_config import PretrainConfig
+    from contriever_repro.training.config import PretrainConfig
 
     spec = {
         "init": init,
@@ -167,8 +167,13 @@ def _merge(records: list[dict], first_step: int) -> dict:
 def _padding(cfg, init: str, shards: str, first: int, n: int) -> dict:
     """Real vs padded tokens of the measured batches, rebuilt exactly (batch b is a pure
     function of the seed), since the encoders compute on the padded width."""
-    from contriever_repro.pretrain_data import PretrainBatches
-    from contriever_repro.train import build_sampler, build_views, load_tokenizer, open_sources
+    from contriever_repro.training.loop import (
+        build_sampler,
+        build_views,
+        load_tokenizer,
+        open_sources,
+    )
+    from contriever_repro.training.shards import PretrainBatches
 
     tok = load_tokenizer(init)
     sampler = build_sampler(cfg, open_sources(cfg, {"bench": shards}, tok, 0, 1))
@@ -231,7 +236,7 @@ def worker(variant: str, data: dict, warmup: int, steps: int, threads: int, work
     import torch
     from transformers import AutoConfig
 
-    from contriever_repro.train import flush_denormals, pretrain, read_metrics
+    from contriever_repro.training.loop import flush_denormals, pretrain, read_metrics
 
     model, precision, workers, ftz = VARIANTS[variant]
     init, shards = data[model]["init"], data[model]["shards"]
@@ -307,7 +312,7 @@ def padded_width(per_gpu: int, n: int = 256, trials: int = 2000) -> float:
     of the library's own view maker (token values do not matter, only lengths)."""
     import numpy as np
 
-    from contriever_repro.augment import ViewMaker
+    from contriever_repro.training.augment import ViewMaker
 
     views = ViewMaker(cls_id=1, sep_id=2)
     rng = np.random.default_rng(0)

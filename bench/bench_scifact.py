@@ -60,11 +60,11 @@ def run_beir(data: Path, batch_size: int) -> dict:
 
 
 def run_ours(data: Path, batch_size: int, dtype: str) -> dict:
-    from contriever_repro.beir_format import load_beir_folder
-    from contriever_repro.encode import encode_texts, passage_texts, query_texts
-    from contriever_repro.metrics import score_run
-    from contriever_repro.models import ModelSpec, load_encoder
-    from contriever_repro.search import exact_search
+    from contriever_repro.data.beir import load_beir_folder
+    from contriever_repro.evaluation.metrics import score_run
+    from contriever_repro.models.spec import ModelSpec, load_encoder
+    from contriever_repro.retrieval.encode import encode_texts, passage_texts, query_texts
+    from contriever_repro.retrieval.search import exact_search
 
     corpus, queries, qrels = load_beir_folder(data, "test")
     spec = ModelSpec(

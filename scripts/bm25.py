@@ -3,9 +3,10 @@
 import argparse
 import json
 
-from contriever_repro import bm25
-from contriever_repro.cli import add_run_args, run_main, set_threads, write_run
+from contriever_repro.cli import run_main, set_threads
 from contriever_repro.io import read_table
+from contriever_repro.retrieval import bm25
+from contriever_repro.retrieval.search import add_run_args, write_run
 
 
 def main():

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from contriever_repro.cli import run_main
-from contriever_repro.tiny_bert import build_tiny_bert
+from contriever_repro.models.tiny_bert import build_tiny_bert
 
 
 def main():

@@ -3,8 +3,8 @@
 import argparse
 import logging
 
-from contriever_repro.beir_format import convert_beir_folder
 from contriever_repro.cli import run_main
+from contriever_repro.data.beir import convert_beir_folder
 
 log = logging.getLogger("convert")
 

@@ -5,8 +5,8 @@ import argparse
 import pandas as pd
 
 from contriever_repro.cli import run_main
+from contriever_repro.evaluation.metrics import mean_over_subsets
 from contriever_repro.io import read_table, write_table
-from contriever_repro.metrics import mean_over_subsets
 
 
 def main():

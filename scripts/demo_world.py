@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from contriever_repro.cli import run_main
-from contriever_repro.demo_world import (
+from contriever_repro.data.demo_world import (
     generate_demo_datasets,
     generate_pretraining_corpus,
     make_world,

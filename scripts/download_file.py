@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from contriever_repro.cli import run_main
-from contriever_repro.download import download, md5_from_listing, md5sum
+from contriever_repro.data.download import download, md5_from_listing, md5sum
 from contriever_repro.io import write_text
 
 log = logging.getLogger("download")

@@ -10,10 +10,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import torch  # noqa: E402
 
-from contriever_repro import encode as enc  # noqa: E402
 from contriever_repro.cli import run_main, set_threads  # noqa: E402
 from contriever_repro.io import read_table  # noqa: E402
-from contriever_repro.models import DEVICES, ModelSpec, choose_device, load_encoder  # noqa: E402
+from contriever_repro.models.spec import DEVICES, ModelSpec, choose_device, load_encoder  # noqa: E402
+from contriever_repro.retrieval import encode as enc  # noqa: E402
 
 
 def main():

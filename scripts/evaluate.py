@@ -5,8 +5,8 @@ import logging
 from pathlib import Path
 
 from contriever_repro.cli import run_main
+from contriever_repro.evaluation.metrics import aggregate, evaluate_run
 from contriever_repro.io import read_table, write_table
-from contriever_repro.metrics import aggregate, evaluate_run
 from contriever_repro.provenance import provenance
 
 log = logging.getLogger("evaluate")

@@ -3,8 +3,8 @@
 import argparse
 import json
 
-from contriever_repro import tables
 from contriever_repro.cli import run_main
+from contriever_repro.reporting import tables
 
 
 def main():

@@ -3,7 +3,7 @@
 import argparse
 
 from contriever_repro.cli import run_main
-from contriever_repro.export import write_model_card
+from contriever_repro.models.export import write_model_card
 
 
 def main():

@@ -5,7 +5,7 @@ import json
 import logging
 
 from contriever_repro.cli import run_main
-from contriever_repro.corpora import cc100_to_lines, text_to_lines, wikipedia_to_lines
+from contriever_repro.data.corpora import cc100_to_lines, text_to_lines, wikipedia_to_lines
 from contriever_repro.io import write_text
 
 log = logging.getLogger("prepare_corpus")

@@ -13,8 +13,8 @@ import sys
 import time
 
 from contriever_repro.cli import run_main, set_threads
-from contriever_repro.pretrain_config import PretrainConfig
-from contriever_repro.train import PREEMPTED_EXIT_CODE, Preempted, flush_denormals, pretrain
+from contriever_repro.training.config import PretrainConfig
+from contriever_repro.training.loop import PREEMPTED_EXIT_CODE, Preempted, flush_denormals, pretrain
 
 log = logging.getLogger("pretrain")
 

@@ -3,10 +3,10 @@
 import argparse
 import logging
 
-from contriever_repro.cli import add_run_args, run_main, set_threads, write_run
-from contriever_repro.encode import load_embeddings
+from contriever_repro.cli import run_main, set_threads
 from contriever_repro.errors import InputError
-from contriever_repro.search import exact_search
+from contriever_repro.retrieval.encode import load_embeddings
+from contriever_repro.retrieval.search import add_run_args, exact_search, write_run
 
 log = logging.getLogger("search")
 

@@ -3,8 +3,8 @@
 import argparse
 
 from contriever_repro.cli import run_main
-from contriever_repro.pretrain_data import tokenize_text_file
-from contriever_repro.train import load_tokenizer
+from contriever_repro.training.loop import load_tokenizer
+from contriever_repro.training.shards import tokenize_text_file
 
 
 def main():

@@ -3,7 +3,7 @@
 import argparse
 
 from contriever_repro.cli import run_main
-from contriever_repro.download import extract_zip, zip_root
+from contriever_repro.data.download import extract_zip, zip_root
 
 
 def main():

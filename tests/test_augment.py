@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from contriever_repro.augment import (
+from contriever_repro.training.augment import (
     ViewMaker,
     add_special_tokens,
     augment,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from contriever_repro.beir_format import (
+from contriever_repro.data.beir import (
     CQADUPSTACK_FORUMS,
     convert_beir_folder,
     list_subforums,

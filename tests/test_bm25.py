@@ -5,10 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from contriever_repro.beir_format import load_beir_folder
-from contriever_repro.bm25 import BM25Index, bm25_search
+from contriever_repro.data.beir import load_beir_folder
 from contriever_repro.errors import InputError
-from contriever_repro.metrics import as_beir_dict, score_run
+from contriever_repro.evaluation.metrics import as_beir_dict, score_run
+from contriever_repro.retrieval.bm25 import BM25Index, bm25_search
 
 CORPUS = pd.DataFrame(
     {

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contriever_repro.contrastive import (
+from contriever_repro.errors import InputError
+from contriever_repro.models.spec import pool
+from contriever_repro.training.contrastive import (
     Encoder,
     InBatch,
     MoCo,
@@ -18,9 +20,7 @@ from contriever_repro.contrastive import (
     export_query_encoder,
     info_nce,
 )
-from contriever_repro.errors import InputError
-from contriever_repro.models import pool
-from contriever_repro.optim import build_optimizer
+from contriever_repro.training.optim import build_optimizer
 
 WORLD = 2
 

@@ -14,8 +14,8 @@ from xml.sax.saxutils import escape, quoteattr
 import pytest
 
 import contriever_repro
-from contriever_repro import corpora
-from contriever_repro.corpora import (
+from contriever_repro.data import corpora
+from contriever_repro.data.corpora import (
     cc100_to_lines,
     clean_wikitext,
     read_multistream_index,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from contriever_repro.demo_world import (
+from contriever_repro.data.demo_world import (
     DEFAULT_DEMO_SPECS,
     DemoWorld,
     generate_demo_datasets,
@@ -96,7 +96,7 @@ def test_same_seed_same_bytes_and_other_seed_differs(demo, tmp_path):
 def test_same_bytes_in_other_processes(demo, tmp_path):
     """No output depends on str hashing (PYTHONHASHSEED) or other per-process state."""
     code = (
-        "import sys; from contriever_repro.demo_world import *; "
+        "import sys; from contriever_repro.data.demo_world import *; "
         "generate_demo_datasets(sys.argv[1], "
         "{'demo-quora': DEFAULT_DEMO_SPECS['demo-quora']}, int(sys.argv[2]))"
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from contriever_repro.download import download, extract_zip, md5sum, resolve_source
+from contriever_repro.data.download import download, extract_zip, md5sum, resolve_source
 from contriever_repro.errors import InputError
 from local_http import serve
 
@@ -260,7 +260,7 @@ def test_prefix_matching_nothing_lists_top_level_entries(tmp_path):
 def test_zip_root_finds_single_top_folder(tmp_path):
     import zipfile as zf
 
-    from contriever_repro.download import zip_root
+    from contriever_repro.data.download import zip_root
 
     one = tmp_path / "one.zip"
     with zf.ZipFile(one, "w") as z:

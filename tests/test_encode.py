@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from contriever_repro import encode as enc
 from contriever_repro.errors import InputError
 from contriever_repro.io import write_table
-from contriever_repro.models import ModelSpec, load_encoder
+from contriever_repro.models.spec import ModelSpec, load_encoder
+from contriever_repro.retrieval import encode as enc
 
 TEXTS = [
     "short",

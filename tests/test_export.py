@@ -15,15 +15,14 @@ import pandas as pd
 import pytest
 import torch
 
-from contriever_repro import export
-from contriever_repro.contrastive import Encoder, InBatch
-from contriever_repro.demo_world import DemoWorld
-from contriever_repro.encode import encode_texts
+from contriever_repro.data.demo_world import DemoWorld
 from contriever_repro.errors import InputError
 from contriever_repro.io import write_table
-from contriever_repro.models import ModelSpec, load_encoder
-from contriever_repro.tiny_bert import build_tiny_bert
-from contriever_repro.train import export_hf_folder
+from contriever_repro.models.spec import ModelSpec, export, load_encoder
+from contriever_repro.models.tiny_bert import build_tiny_bert
+from contriever_repro.retrieval.encode import encode_texts
+from contriever_repro.training.contrastive import Encoder, InBatch
+from contriever_repro.training.loop import export_hf_folder
 
 TEXTS = [
     "where was marie curie born?",

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from contriever_repro.errors import InputError
-from contriever_repro.figures import (
+from contriever_repro.reporting.figures import (
     figure1,
     figure_cells,
     figure_kind,
@@ -24,7 +24,7 @@ from contriever_repro.figures import (
     queue_sweep_points,
     title_lines,
 )
-from contriever_repro.tables import build_long, load_paper_results
+from contriever_repro.reporting.tables import build_long, load_paper_results
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

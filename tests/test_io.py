@@ -113,8 +113,8 @@ class _FillingFile:
 
 
 def test_full_disk_while_saving_embeddings(tmp_path, monkeypatch, free_300k):
-    from contriever_repro import encode as enc
-    from contriever_repro.models import ModelSpec
+    from contriever_repro.models.spec import ModelSpec
+    from contriever_repro.retrieval import encode as enc
 
     def filling_open(path, mode):
         return _FillingFile(open(path, mode), 1000)  # noqa: SIM115 - closed by _FillingFile

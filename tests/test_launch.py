@@ -2,9 +2,9 @@
 
 import pytest
 
-from contriever_repro.download import md5_from_listing
+from contriever_repro.data.download import md5_from_listing
 from contriever_repro.errors import InputError
-from contriever_repro.launch import (
+from contriever_repro.training.launch import (
     exit_code,
     first_host,
     launch_prefix,
@@ -28,7 +28,7 @@ def test_multi_node_is_one_srun_step_with_one_launcher_per_node():
     cmd = launch_prefix("/env/bin/python", 4, 8, cpus_per_node=48)
     assert cmd == (
         "srun --nodes 4 --ntasks 4 --ntasks-per-node 1 --cpus-per-task 48 --gpus-per-node 8 "
-        "--kill-on-bad-exit=1 /env/bin/python -m contriever_repro.launch --nnodes 4 "
+        "--kill-on-bad-exit=1 /env/bin/python -m contriever_repro.training.launch --nnodes 4 "
         "--nproc-per-node 8 --"
     )
     # No shell variable: the plugin strips SLURM_* before the rule runs, so the node list

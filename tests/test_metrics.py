@@ -10,10 +10,9 @@ import pandas as pd
 import pytest
 from beir.retrieval.evaluation import EvaluateRetrieval
 
-from contriever_repro.beir_format import load_beir_folder
-from contriever_repro.bm25 import bm25_search
+from contriever_repro.data.beir import load_beir_folder
 from contriever_repro.errors import InputError
-from contriever_repro.metrics import (
+from contriever_repro.evaluation.metrics import (
     DEFAULT_K_VALUES,
     aggregate,
     as_beir_dict,
@@ -24,6 +23,7 @@ from contriever_repro.metrics import (
     run_to_beir_dict,
     score_run,
 )
+from contriever_repro.retrieval.bm25 import bm25_search
 
 
 def make_run(hits: dict[str, list[tuple[str, float]]]) -> pd.DataFrame:

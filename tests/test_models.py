@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from contriever_repro.errors import InputError
-from contriever_repro.models import ModelSpec, choose_device, load_encoder, pool, prefetch_model
+from contriever_repro.models.spec import (
+    ModelSpec,
+    choose_device,
+    load_encoder,
+    pool,
+    prefetch_model,
+)
 from contriever_repro.plan import HubSource
 
 
@@ -191,7 +197,7 @@ def test_prefetch_refuses_another_commit_than_pinned(minilm_path, tmp_path):
 
 def test_unpinned_prefetch_warns_and_names_the_commit_to_pin(minilm_path, tmp_path, caplog):
     hub = FakeHub(minilm_path)
-    with caplog.at_level(logging.WARNING, logger="contriever_repro.models"):
+    with caplog.at_level(logging.WARNING, logger="contriever_repro.models.spec"):
         prefetch_model(_source(None), tmp_path / "m", download=hub)
     assert hub.calls[0][1] is None
     text = caplog.text

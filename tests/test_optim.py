@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from contriever_repro.contrastive import Encoder, MoCo
 from contriever_repro.errors import InputError
-from contriever_repro.optim import build_optimizer, build_scheduler, lr_multiplier
+from contriever_repro.training.contrastive import Encoder, MoCo
+from contriever_repro.training.optim import build_optimizer, build_scheduler, lr_multiplier
 
 
 def _tiny_model() -> nn.Module:

@@ -21,9 +21,9 @@ import pytest
 import torch
 
 import contriever_repro
-from contriever_repro.augment import ViewMaker
 from contriever_repro.errors import InputError
-from contriever_repro.pretrain_data import (
+from contriever_repro.training.augment import ViewMaker
+from contriever_repro.training.shards import (
     ChunkSampler,
     PretrainBatches,
     TokenShards,
@@ -409,7 +409,7 @@ def test_same_seed_same_bytes_in_another_process(sources, tmp_path):
     script = textwrap.dedent(
         f"""
         import hashlib, numpy as np
-        from contriever_repro.pretrain_data import ChunkSampler, TokenShards
+        from contriever_repro.training.shards import ChunkSampler, TokenShards
         mix = {{"small": TokenShards({[str(p) for p in small.prefixes]!r}),
                "big": TokenShards({[str(p) for p in big.prefixes]!r})}}
         s = ChunkSampler(mix, seed=11, rank=2, epoch_size=30)

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from contriever_repro.encode import shard_bounds
 from contriever_repro.errors import InputError
-from contriever_repro.search import drop_identical, exact_search, rank_run, to_trec
+from contriever_repro.retrieval.encode import shard_bounds
+from contriever_repro.retrieval.search import drop_identical, exact_search, rank_run, to_trec
 
 
 def _emb(rows):

@@ -14,7 +14,7 @@ import yaml
 
 from contriever_repro.errors import InputError
 from contriever_repro.io import write_table
-from contriever_repro.tables import (
+from contriever_repro.reporting.tables import (
     BEST_ON,
     best_on_counts,
     build_long,

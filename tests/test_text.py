@@ -1,4 +1,4 @@
-from contriever_repro.text import collapse_whitespace, normalize_text, passage_text, prepare
+from contriever_repro.data.text import collapse_whitespace, normalize_text, passage_text, prepare
 
 
 def test_normaliser_maps_typography():

@@ -14,9 +14,9 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from contriever_repro.demo_world import DemoWorld
+from contriever_repro.data.demo_world import DemoWorld
 from contriever_repro.errors import InputError
-from contriever_repro.tiny_bert import (
+from contriever_repro.models.tiny_bert import (
     SPECIAL_TOKENS,
     build_tiny_bert,
     count_words,
@@ -107,7 +107,7 @@ def test_vocabulary_is_the_same_in_other_processes(texts, tmp_path):
     path = tmp_path / "texts.json"
     path.write_text(json.dumps(texts[:300]), encoding="utf-8")
     code = (
-        "import json, sys; from contriever_repro.tiny_bert import *; "
+        "import json, sys; from contriever_repro.models.tiny_bert import *; "
         "t = json.load(open(sys.argv[1])); "
         "print(json.dumps(learn_wordpiece_vocab(count_words(t), 800)))"
     )

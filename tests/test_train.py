@@ -18,16 +18,21 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from contriever_repro.beir_format import load_beir_folder
-from contriever_repro.demo_world import generate_demo_datasets, generate_pretraining_corpus
+from contriever_repro.data.beir import load_beir_folder
+from contriever_repro.data.demo_world import generate_demo_datasets, generate_pretraining_corpus
 from contriever_repro.errors import InputError
-from contriever_repro.models import ModelSpec
-from contriever_repro.pretrain_config import PretrainConfig
-from contriever_repro.pretrain_data import tokenize_text_file
-from contriever_repro.quick_eval import dense_scores
-from contriever_repro.runfolder import NotRetried, RunFolderBusy
-from contriever_repro.tiny_bert import build_tiny_bert
-from contriever_repro.train import PREEMPTED_EXIT_CODE, load_tokenizer, pretrain, read_metrics
+from contriever_repro.evaluation.quick_eval import dense_scores
+from contriever_repro.models.spec import ModelSpec
+from contriever_repro.models.tiny_bert import build_tiny_bert
+from contriever_repro.training.config import PretrainConfig
+from contriever_repro.training.loop import (
+    PREEMPTED_EXIT_CODE,
+    load_tokenizer,
+    pretrain,
+    read_metrics,
+)
+from contriever_repro.training.runfolder import NotRetried, RunFolderBusy
+from contriever_repro.training.shards import tokenize_text_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "pretrain.py"
@@ -230,8 +235,8 @@ def test_time_limit_stops_with_a_checkpoint(world, tmp_path):
 
 FTZ_PROBE = """
 import sys, torch
-from contriever_repro.pretrain_config import PretrainConfig
-from contriever_repro.train import flush_denormals
+from contriever_repro.training.config import PretrainConfig
+from contriever_repro.training.loop import flush_denormals
 on = flush_denormals(PretrainConfig.from_dict("x", {"flush_denormal": sys.argv[1] == "on"}))
 torch.set_num_threads(2)
 x = torch.full((2000, 2000), 1e-39)  # subnormal in fp32
@@ -365,7 +370,7 @@ def test_a_config_edit_loses_nothing_and_a_finished_run_is_not_trained_again(wor
 
 HOLD_LOCK = """
 import sys, time
-from contriever_repro.runfolder import RunLock
+from contriever_repro.training.runfolder import RunLock
 lock = RunLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(600)
@@ -490,8 +495,8 @@ def test_real_wikipedia_text_with_minilm(real_text, minilm_path, tmp_path):
 
 def test_two_cpu_processes_under_torchrun(world, tmp_path):
     """The distributed path (DDP, gathered keys, per-rank checkpoints) on 2 gloo processes."""
-    from contriever_repro.launch import launch_prefix
-    from contriever_repro.pretrain_data import split_text_file
+    from contriever_repro.training.launch import launch_prefix
+    from contriever_repro.training.shards import split_text_file
 
     tokenizer = load_tokenizer(world["model"])
     shards = tmp_path / "shards"
@@ -529,7 +534,7 @@ def test_two_nodes_in_one_slurm_step_stop_on_sigusr1_with_a_checkpoint(world, tm
     "nodes" on this host, CPU processes."""
     import psutil
 
-    from contriever_repro.pretrain_data import split_text_file
+    from contriever_repro.training.shards import split_text_file
 
     tokenizer = load_tokenizer(world["model"])
     shards = tmp_path / "shards"
@@ -538,7 +543,7 @@ def test_two_nodes_in_one_slurm_step_stop_on_sigusr1_with_a_checkpoint(world, tm
     spec = {**DEMO, "steps": 400, "warmup_steps": 1, "batch_size_per_device": 8}
     spec.update(queue_size=64, nodes=2, gpus_per_node=1, log_every=1)
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "contriever_repro.launch", "--nnodes", "2"]
+    cmd = [sys.executable, "-m", "contriever_repro.training.launch", "--nnodes", "2"]
     cmd += ["--nproc-per-node", "1", "--", str(SCRIPT), "--name", "nodes", "--attempt", "1"]
     cmd += ["--experiment", json.dumps(spec), "--init", str(world["model"])]
     cmd += ["--source", f"demo={shards}", "--run-dir", str(run_dir), "--threads", "1"]
@@ -590,7 +595,7 @@ def test_gradient_accumulation_enqueues_every_micro_batch(world, tmp_path, preci
 
 def test_tf32_trains_as_fp32_on_cpu_and_restores_the_matmul_modes(world, tmp_path):
     """`precision: tf32` only switches CUDA's TF32 flags, for the run and no longer."""
-    from contriever_repro.train import _set_tf32
+    from contriever_repro.training.loop import _set_tf32
 
     modes = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     weights = {}

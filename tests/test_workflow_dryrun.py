@@ -242,7 +242,7 @@ def test_pretraining_targets_show_the_whole_dag(fake_slurm, target, experiments)
         "srun --nodes 4 --ntasks 4 --ntasks-per-node 1 --cpus-per-task 48 --gpus-per-node 8 "
         "--kill-on-bad-exit=1 " in out
     )
-    assert "-m contriever_repro.launch --nnodes 4 --nproc-per-node 8 -- " in out
+    assert "-m contriever_repro.training.launch --nnodes 4 --nproc-per-node 8 -- " in out
     assert "$SLURM" not in out and "--overlap" not in out
     assert re.search(r"--attempt 1 --time-limit-min 4320 2> \S+\.log", out)
 

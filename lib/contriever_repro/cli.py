@@ -48,26 +48,3 @@ def set_threads(n: int | None) -> None:
         faiss.omp_set_num_threads(n)
     except ImportError:
         pass
-
-
-def add_run_args(ap) -> None:
-    """Arguments shared by every script that writes a run (dense search, BM25)."""
-    ap.add_argument("--top-k", type=int, default=1000)
-    ap.add_argument("--drop-identical-ids", dest="drop", action="store_true", default=True)
-    ap.add_argument("--keep-identical-ids", dest="drop", action="store_false")
-    ap.add_argument("--tag", default="run", help="run name in the TREC file")
-    ap.add_argument("--run", required=True, help="run parquet to write")
-    ap.add_argument("--trec", required=True, help="TREC run file to write")
-    ap.add_argument("--threads", type=int, default=None)
-
-
-def write_run(run, run_path: str, trec_path: str, tag: str) -> None:
-    """Save a run as parquet (the workflow's format) and as a TREC run file."""
-    from .io import write_table
-    from .search import write_trec
-
-    logging.getLogger("contriever_repro").info(
-        "run: %d queries, %d hits", run["query_id"].nunique(), len(run)
-    )
-    write_table(run, run_path, "run")
-    write_trec(run, trec_path, tag)

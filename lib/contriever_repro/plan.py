@@ -19,8 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .models.hub import (  # noqa: F401 (plan.<name> is what the rules use)
+    COMMIT_HASH,
+    WORKFLOW_PREFIX,
+    HubSource,
+    hub_slug,
+    is_hub_id,
+    revision_warning,
+)
 
-WORKFLOW_PREFIX = "workflow:"
 SUBSET_SEP = "--"
 # Output names the `table` and `figure` rules accept (their wildcard constraints): a
 # config key that does not match has no rule to build it.
@@ -29,7 +36,6 @@ REPORT_KEYS = {
     "tables": r"table(?:\d+[a-z]?|-[a-z0-9][a-z0-9_-]*)",
     "figures": r"figure(?:\d+[a-z]?|-[a-z0-9][a-z0-9_-]*)",
 }
-COMMIT_HASH = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -147,38 +153,6 @@ def workflow_model_name(source: str) -> str | None:
     return source[len(WORKFLOW_PREFIX) :] if source.startswith(WORKFLOW_PREFIX) else None
 
 
-def is_hub_id(source: str) -> bool:
-    """True for a Hugging Face hub id (`name` or `org/name`), which must be prefetched.
-
-    `workflow:<name>` is built here; anything that exists on disk, starts like a path
-    (`/`, `.`, `~`) or has more than one `/` is a local folder, read in place.
-    """
-    if not source or workflow_model_name(source) is not None:
-        return False
-    if source.startswith(("/", ".", "~")) or source.count("/") > 1:
-        return False
-    return not Path(source).exists()
-
-
-@dataclass(frozen=True)
-class HubSource:
-    """A hub repository the workflow fetches once, on the submit host, into
-    work_dir/models/hub/<slug>, at `revision` (None: not pinned)."""
-
-    repo_id: str
-    revision: str | None
-    users: tuple[str, ...]  # the config keys that use it, e.g. "models.contriever"
-
-    @property
-    def slug(self) -> str:
-        return hub_slug(self.repo_id)
-
-
-def hub_slug(repo_id: str) -> str:
-    """Folder name of a hub repository: `org/name` -> `org--name`."""
-    return repo_id.replace("/", SUBSET_SEP)
-
-
 def hub_sources(config: dict) -> dict[str, HubSource]:
     """Every hub repository the config uses (dense models, tokenizers, pre-training
     inits), by folder slug. A repository is fetched once, at the revision that any of
@@ -213,25 +187,6 @@ def hub_sources(config: dict) -> dict[str, HubSource]:
             )
         out[source.slug] = source
     return out
-
-
-def revision_warning(source: HubSource) -> str | None:
-    """Why a hub model's results are not pinned, or None when its revision is a commit."""
-    users = ", ".join(source.users[:2]) + (
-        f" and {len(source.users) - 2} more" if len(source.users) > 2 else ""
-    )
-    if source.revision is None:
-        return (
-            f"{source.repo_id} ({users}): no revision: results are not pinned (a re-upload "
-            "to the hub would change them). Set `revision:` to a commit hash "
-            f"(https://huggingface.co/{source.repo_id}/commits/main) on {source.users[0]}"
-        )
-    if not COMMIT_HASH.fullmatch(source.revision):
-        return (
-            f"{source.repo_id} ({users}): revision {source.revision!r} is a branch or tag, "
-            "not a 40-character commit hash: results are not pinned"
-        )
-    return None
 
 
 def slurm_placement(config: dict, gpu: bool) -> dict[str, str]:
@@ -352,7 +307,7 @@ def check_references(config: dict) -> None:
 def known_metrics(config: dict) -> set[str]:
     """Every metric name the evaluation writes: each family (beir's trec_eval ones and its
     custom MRR, R_cap, Hole, Accuracy) at each of `evaluation.k_values`."""
-    from .metrics import DEFAULT_K_VALUES, FAMILIES
+    from .evaluation.metrics import DEFAULT_K_VALUES, FAMILIES
 
     ks = (config.get("evaluation") or {}).get("k_values") or DEFAULT_K_VALUES
     return {f"{family}@{k}" for family in FAMILIES for k in ks}
@@ -380,7 +335,7 @@ def check_reports(config: dict, paper: Mapping | None = None) -> None:
     its models and data sets (check_references), its paper systems (`paper`, default
     the file config.paper_results) and the metrics its computed cells read.
     Every error names the table or figure and the key."""
-    from . import figures, tables
+    from .reporting import figures, tables
 
     reports = {kind: config.get(kind) or {} for kind in REPORT_KEYS}
     for kind, pattern in REPORT_KEYS.items():
@@ -423,7 +378,7 @@ def check_reports(config: dict, paper: Mapping | None = None) -> None:
 def pretrain_config(config: dict, name: str):
     """The typed experiment `pretraining.<name>`, checked against the rest of the config:
     its sources must be configured corpora, its tokenizer a configured tokenizer."""
-    from .pretrain_config import PretrainConfig
+    from .training.config import PretrainConfig
 
     experiments = config.get("pretraining") or {}
     if name not in experiments:

@@ -11,7 +11,9 @@ import yaml
 
 sys.path.insert(0, str(Path(workflow.basedir) / "lib"))
 
-from contriever_repro import launch, plan, runfolder  # noqa: E402
+from contriever_repro import plan
+from contriever_repro.training import launch
+from contriever_repro.training import runfolder  # noqa: E402
 
 WORK = config["work_dir"]
 RESULTS = config["results_dir"]

@@ -1,4 +1,6 @@
-# BEIR data: download (md5-verified, mirrorable, resumable) -> unpack -> parquet.
+# Data: BEIR (download, md5-verified, mirrorable, resumable -> unpack -> parquet), the
+# pre-training corpora (download -> one document per line -> N line-aligned pieces) and
+# the offline demo world. Code: lib/contriever_repro/data/.
 
 
 rule download_beir:
@@ -62,3 +64,91 @@ rule convert_beir:
         "{params.py:q} {params.script:q} --folder {params.folder:q} --split {params.split:q} "
         "--corpus {output.corpus:q} --queries {output.queries:q} --qrels {output.qrels:q} "
         "{params.lenient} 2> {log:q}"
+
+
+# ------------------------------------------------------------ the offline demo world
+
+
+rule demo_world:
+    output:
+        directory(f"{WORK}/raw/demo"),
+    log:
+        f"{WORK}/logs/demo_world.log",
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/demo_world.py",
+        spec=lambda wc: json.dumps(config.get("demo_world", {}), sort_keys=True),
+    shell:
+        "{params.py:q} {params.script:q} --spec {params.spec:q} --out {output:q} 2> {log:q}"
+
+
+# ------------------------------------------------------------ pre-training corpora
+
+
+rule download_corpus:
+    output:
+        f"{WORK}/downloads/corpora/{{corpus}}/{{filename}}",
+    log:
+        f"{WORK}/logs/download_corpus/{{corpus}}/{{filename}}.log",
+    wildcard_constraints:
+        corpus="|".join(map(re.escape, CORPORA)) or "^$",
+        filename=r"[^/]+",
+    # Never repeated by Snakemake (not even with a profile's `retries`): the download
+    # retries transient network errors itself, with backoff and resuming; a 404 or a
+    # checksum mismatch fails the same way every time.
+    retries: 0
+    resources:
+        **rule_resources("download"),
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/download_file.py",
+        url=lambda wc: corpus_urls(wc.corpus)[wc.filename],
+        md5=lambda wc: (corpus_cfg(wc.corpus).get("md5s") or {}).get(wc.filename, ""),
+        checksums=lambda wc: corpus_cfg(wc.corpus).get("checksums_url", ""),
+    shell:
+        # `--opt=` forms: an empty value stays an (empty) argument. MIRROR: common.smk.
+        "{params.py:q} {params.script:q} --url={params.url:q} --md5={params.md5:q} "
+        "--checksums-url={params.checksums:q} --mirror={MIRROR:q} --out={output:q} "
+        "2> {log:q}"
+
+
+rule prepare_corpus:
+    input:
+        unpack(lambda wc: corpus_raw(wc.corpus)),
+    output:
+        text=f"{WORK}/corpora/{{corpus}}/{{corpus}}.txt",
+        stats=f"{WORK}/corpora/{{corpus}}/stats.json",
+    log:
+        f"{WORK}/logs/prepare_corpus/{{corpus}}.log",
+    wildcard_constraints:
+        corpus="|".join(map(re.escape, CORPORA)) or "^$",
+    threads: 8
+    resources:
+        **rule_resources("prepare_corpus"),
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/prepare_corpus.py",
+        args=corpus_prepare_args,
+    shell:
+        "{params.py:q} {params.script:q} {params.args} --processes {threads:q} "
+        "--out {output.text:q} --stats {output.stats:q} 2> {log:q}"
+
+
+rule split_corpus:
+    input:
+        f"{WORK}/corpora/{{corpus}}/{{corpus}}.txt",
+    output:
+        directory(f"{WORK}/corpora/{{corpus}}/pieces"),
+    log:
+        f"{WORK}/logs/split_corpus/{{corpus}}.log",
+    wildcard_constraints:
+        corpus="|".join(map(re.escape, CORPORA)) or "^$",
+    resources:
+        **rule_resources("split_corpus"),
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/split_corpus.py",
+        pieces=lambda wc: corpus_cfg(wc.corpus).get("shards", 1),
+    shell:
+        "{params.py:q} {params.script:q} --input {input:q} --pieces {params.pieces:q} "
+        "--out {output:q} 2> {log:q}"

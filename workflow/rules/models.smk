@@ -1,4 +1,5 @@
-# Models built by the workflow itself (the demo's tiny BERT; later, trained runs).
+# Models: hub snapshots prefetched on the submit host, the demo's tiny BERT, model cards.
+# Code: lib/contriever_repro/models/.
 
 
 rule build_tiny_bert:

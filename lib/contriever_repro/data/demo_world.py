@@ -1,0 +1,1024 @@
+"""A seeded synthetic world that stands in for BEIR, MS MARCO and pre-training text.
+
+The demo must run the whole workflow offline on a laptop CPU in minutes, yet still
+exercise what the real data exercise: BM25 that works but is imperfect, a dense model
+that can beat it by learning synonymy from unlabelled text, graded relevance, data
+sets whose queries are corpus documents (Quora, ArguAna), grouped data sets
+(CQADupStack) and a dev split (MS MARCO).
+
+The world is language independent: topics, entities and facts are plain integers.
+A `Language` renders concepts as made-up words; every concept has "document" forms
+and "query-only" forms, so a query written with synonyms shares few words with the
+passage it asks about. Pre-training text uses every form, so the synonymy can be
+learnt from it. Each random stream is seeded from (seed, purpose) strings, so adding a
+data set, a language or pre-training text never changes what was generated before.
+
+Dataset spec (one dict per data set; every key is optional):
+  kind             "standard" (default), "self_query" (queries are corpus documents,
+                   query id == doc id, the relevant docs are its paraphrases) or "group"
+                   (a parent folder of sub-data sets, like CQADupStack)
+  subsets          group only: {subset name: spec}; other keys of the group are defaults
+                   for its subsets, and subsets get disjoint topics
+  n_docs           corpus size (default 500)
+  splits           {split: number of queries} (default {"test": 100}); one qrels file each
+  n_topics         topics the data set covers, drawn from the world (default 6)
+  topics           explicit list of world topic indices (overrides n_topics)
+  language         index of the rendering language (default 0)
+  graded           relevance 2 for passages stating the whole fact, 1 for partial ones;
+                   otherwise every relevant passage is 1 (default False)
+  max_relevant     most relevant documents per query, 1-3 (default 3)
+  doc_words        [min, max] words of passage text (default [40, 150])
+  docs_per_entity  standard only: [min, max] passages written per entity (default [1, 4])
+  doc_style        "passage" (default) or "question" (short query-like documents, Quora)
+  titles           whether documents have titles (default True)
+  synonym_rate     probability that a query word uses a query-only synonym (default 0.6)
+  alias_rate       probability that a query names the entity by its alias (default 0.15)
+  query_id_prefix  standard only: prefix of query ids, never clashing with the numeric
+                   doc ids (default "q")
+  doc_id_prefix    prefix of doc ids (default "")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..io import atomic_path
+
+# ----------------------------------------------------------------------------- words
+
+
+def _parts(spec: str) -> tuple[str, ...]:
+    return tuple(spec.split())
+
+
+_ONSETS = _parts("b c d f g h j k l m n p r s t v w z bl br ch dr fl gr kl kr pl pr sh st tr th")
+_VOWELS = _parts("a e i o u ai au ea ei ia io oo ou")
+_CODAS = ("", "", "", "", "n", "r", "s", "l", "m", "k", "t", "nd", "rk")
+_NAME_ONSETS = _parts("b d g k l m n r s t v z dr gr kr tr st")
+_NAME_VOWELS = _parts("a e i o u y")
+_NAME_CODAS = ("", "", "n", "r", "l", "x", "th", "sk")
+
+_ROLES = {  # function-word roles and how many words each has in every language
+    "det": 3,  # articles: "the", "a"
+    "prep": 3,  # "in", "of"
+    "pron": 2,  # "it", "they": later mentions of the entity
+    "equiv": 2,  # "that is": joins a synonym pair in pre-training text
+    "q": 5,  # question words: used only in queries
+    "ask": 3,  # "tell me", "which": query-only fillers
+}
+_BACKGROUND_MAX_WORDS = 8
+
+
+class _WordMaker:
+    """Pronounceable made-up words from one syllable inventory, never repeating a word."""
+
+    def __init__(
+        self,
+        rng: random.Random,
+        onsets: Sequence[str],
+        vowels: Sequence[str],
+        codas: Sequence[str],
+        taken: set[str],
+    ):
+        self.rng = rng
+        self.onsets, self.vowels, self.codas = list(onsets), list(vowels), list(codas)
+        self.taken = taken
+
+    def word(self, min_syllables: int, max_syllables: int) -> str:
+        for attempt in range(10_000):
+            n = self.rng.randint(min_syllables, max_syllables + attempt // 500)
+            parts = [self.rng.choice(self.onsets) + self.rng.choice(self.vowels) for _ in range(n)]
+            w = "".join(parts) + self.rng.choice(self.codas)
+            if w not in self.taken:
+                self.taken.add(w)
+                return w
+        raise RuntimeError("word inventory exhausted")  # unreachable for sane sizes
+
+
+# ----------------------------------------------------------------------------- world
+
+
+@dataclass(frozen=True)
+class Concept:
+    """Something words can name: a topic, a topic's attribute, a relation or a quality."""
+
+    id: int
+    kind: str  # "topic" | "attribute" | "relation" | "quality"
+    topic: int | None = None
+
+
+@dataclass(frozen=True)
+class Entity:
+    """A named thing with facts; the subject of passages (names are the same in every
+    language, like proper nouns)."""
+
+    id: int
+    topic: int
+    other_topic: int | None
+    name: str
+    alias: str
+
+
+@dataclass(frozen=True)
+class Fact:
+    """`entity` `relation` a `quality` `obj`: what passages state and queries ask."""
+
+    id: int
+    entity: int
+    relation: int
+    obj: int
+    quality: int
+
+
+@dataclass(frozen=True)
+class Language:
+    """Surface forms of every concept, plus function words and a word order."""
+
+    index: int
+    doc_forms: tuple[tuple[str, ...], ...]  # by concept id; documents and queries
+    query_forms: tuple[tuple[str, ...], ...]  # by concept id; never in evaluation corpora
+    function_words: dict[str, tuple[str, ...]]
+    order: str  # "SVO", "SOV" or "VSO"
+
+    def forms(self, concept: int) -> tuple[str, ...]:
+        return self.doc_forms[concept] + self.query_forms[concept]
+
+
+@dataclass
+class Document:
+    """A generated passage, with the facts it states: fact id -> 2 (whole) or 1 (partial)."""
+
+    doc_id: str
+    title: str
+    text: str
+    entity: int | None
+    topics: tuple[int, ...]
+    facts: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass
+class Query:
+    query_id: str
+    text: str
+    split: str
+    fact: int | None  # the fact asked about (standard data sets)
+
+
+@dataclass(frozen=True)
+class Clause:
+    """One sentence's content before any word is chosen, so that every language
+    renders the same documents: subject is ("name"|"alias", entity), ("pron", -1) or
+    ("np", attribute concept); `lead` is a function-word role opening the sentence."""
+
+    subject: tuple[str, int]
+    relation: int
+    obj: int
+    quality: int | None
+    topic: int | None
+    lead: str | None = None
+
+
+@dataclass(frozen=True)
+class QuestionPlan:
+    """A question's content: the fact, whether the entity goes by its alias, the word
+    order (q = question word, e = entity, r = relation, x = quality + object) and
+    whether a filler word opens it."""
+
+    fact: int
+    alias: bool
+    order: str
+    ask: bool
+
+
+@dataclass
+class BeirDataset:
+    """One BEIR-format collection held in memory, with the world links kept for later
+    derivations (training pairs, QA answers)."""
+
+    name: str
+    corpus: list[Document]
+    queries: list[Query]
+    qrels: dict[str, dict[str, dict[str, int]]]  # split -> query id -> doc id -> relevance
+    language: int = 0
+
+
+_DEFAULT_SPEC: dict[str, Any] = {
+    "kind": "standard",
+    "n_docs": 500,
+    "splits": {"test": 100},
+    "n_topics": 6,
+    "topics": None,
+    "language": 0,
+    "graded": False,
+    "max_relevant": 3,
+    "doc_words": [40, 150],
+    "docs_per_entity": [1, 4],
+    "doc_style": "passage",
+    "titles": True,
+    "synonym_rate": 0.6,
+    "alias_rate": 0.15,
+    "query_id_prefix": "q",
+    "doc_id_prefix": "",
+}
+_KINDS = ("standard", "self_query", "group")
+
+# Example data sets, one per property the workflow must handle (config/demo.yaml may
+# define its own with the same keys).
+DEFAULT_DEMO_SPECS: dict[str, dict[str, Any]] = {
+    "demo-scifact": {"n_docs": 600, "splits": {"test": 100, "train": 150}, "graded": True},
+    "demo-quora": {
+        "kind": "self_query",
+        "n_docs": 800,
+        "splits": {"test": 100, "dev": 50},
+        "doc_style": "question",
+        "titles": False,
+    },
+    "demo-arguana": {"kind": "self_query", "n_docs": 400, "splits": {"test": 80}},
+    "demo-cqadupstack": {
+        "kind": "group",
+        "n_docs": 300,
+        "splits": {"test": 50},
+        "n_topics": 3,
+        "doc_words": [40, 100],
+        "subsets": {"android": {}, "gaming": {}, "unix": {"graded": True}},
+    },
+    "demo-msmarco": {
+        "n_docs": 1500,
+        "splits": {"train": 300, "dev": 100},
+        "n_topics": 10,
+        "max_relevant": 1,
+        "doc_words": [30, 70],
+        "docs_per_entity": [1, 3],
+    },
+}
+
+
+class DemoWorld:
+    """Topics, entities and facts, rendered into data sets and pre-training text."""
+
+    def __init__(
+        self,
+        seed: int = 0,
+        n_topics: int = 24,
+        attributes_per_topic: int = 24,
+        entities_per_topic: int = 40,
+        facts_per_entity: int = 8,
+        n_relations: int = 32,
+        n_qualities: int = 40,
+        n_languages: int = 1,
+    ):
+        sizes = {
+            "n_topics": (n_topics, 2),
+            "attributes_per_topic": (attributes_per_topic, 4),
+            "entities_per_topic": (entities_per_topic, 1),
+            "facts_per_entity": (facts_per_entity, 2),
+            "n_relations": (n_relations, 2),
+            "n_qualities": (n_qualities, 2),
+            "n_languages": (n_languages, 1),
+        }
+        for key, (value, least) in sizes.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise InputError(f"demo world: {key} must be an integer >= {least}, got {value!r}")
+        if facts_per_entity > n_relations * attributes_per_topic:
+            raise InputError("demo world: facts_per_entity exceeds distinct (relation, attribute)")
+        self.seed = seed
+        self.n_topics = n_topics
+        self.n_languages = n_languages
+        rng = self._rng("world")
+
+        concepts: list[Concept] = [Concept(t, "topic", t) for t in range(n_topics)]
+        self.topic_attributes: list[list[int]] = []
+        for t in range(n_topics):
+            ids = list(range(len(concepts), len(concepts) + attributes_per_topic))
+            concepts.extend(Concept(i, "attribute", t) for i in ids)
+            self.topic_attributes.append(ids)
+        self.relations = list(range(len(concepts), len(concepts) + n_relations))
+        concepts.extend(Concept(i, "relation") for i in self.relations)
+        self.qualities = list(range(len(concepts), len(concepts) + n_qualities))
+        concepts.extend(Concept(i, "quality") for i in self.qualities)
+        self.concepts = concepts
+
+        self._names_taken: set[str] = set()
+        names = _WordMaker(
+            self._rng("names"), _NAME_ONSETS, _NAME_VOWELS, _NAME_CODAS, self._names_taken
+        )
+        self.entities: list[Entity] = []
+        self.facts: list[Fact] = []
+        self.entity_facts: list[list[int]] = []
+        for t in range(n_topics):
+            for _ in range(entities_per_topic):
+                other = None
+                if rng.random() < 0.35:
+                    other = rng.choice([u for u in range(n_topics) if u != t])
+                name = names.word(2, 3).capitalize()
+                if rng.random() < 0.3:
+                    name = f"{name} {names.word(1, 2).capitalize()}"
+                entity = Entity(len(self.entities), t, other, name, names.word(2, 3).capitalize())
+                self.entities.append(entity)
+                self.entity_facts.append(self._make_facts(rng, entity, facts_per_entity))
+        self.languages = [self._make_language(i) for i in range(n_languages)]
+
+    # -- construction -------------------------------------------------------------
+
+    def _rng(self, purpose: str) -> random.Random:
+        """An independent stream per purpose: str seeds hash the same in every process."""
+        return random.Random(f"contriever-demo:{self.seed}:{purpose}")
+
+    def _make_facts(self, rng: random.Random, entity: Entity, n: int) -> list[int]:
+        seen: set[tuple[int, int]] = set()
+        ids = []
+        while len(ids) < n:
+            topic = entity.topic
+            if entity.other_topic is not None and rng.random() < 0.3:
+                topic = entity.other_topic
+            pair = (rng.choice(self.relations), rng.choice(self.topic_attributes[topic]))
+            if pair in seen:
+                continue
+            seen.add(pair)
+            fact = Fact(len(self.facts), entity.id, pair[0], pair[1], rng.choice(self.qualities))
+            self.facts.append(fact)
+            ids.append(fact.id)
+        return ids
+
+    def _make_language(self, index: int) -> Language:
+        rng = self._rng(f"language:{index}")
+        onsets = sorted(rng.sample(_ONSETS, 16))
+        vowels = sorted(rng.sample(_VOWELS, 7))
+        taken = {n.lower() for e in self.entities for n in (*e.name.split(), e.alias)}
+        maker = _WordMaker(rng, onsets, vowels, _CODAS, taken)
+        function_words = {
+            role: tuple(maker.word(1, 1 if role != "q" else 2) for _ in range(n))
+            for role, n in _ROLES.items()
+        }
+        doc_forms, query_forms = [], []
+        for concept in self.concepts:
+            lo, hi = (2, 3) if concept.kind != "relation" else (1, 2)
+            n_doc = 2 if concept.kind == "relation" else rng.choice((1, 1, 2))
+            doc_forms.append(tuple(maker.word(lo, hi) for _ in range(n_doc)))
+            query_forms.append(tuple(maker.word(lo, hi) for _ in range(rng.choice((1, 2)))))
+        return Language(
+            index,
+            tuple(doc_forms),
+            tuple(query_forms),
+            function_words,
+            ("SVO", "SOV", "VSO")[index % 3],
+        )
+
+    def language(self, index: int) -> Language:
+        if not 0 <= index < len(self.languages):
+            raise InputError(
+                f"demo world: language {index} does not exist (n_languages={self.n_languages})"
+            )
+        return self.languages[index]
+
+    # -- planning: what is said (language independent, from the structure stream) --
+
+    def _fact_clause(
+        self, rng: random.Random, fact: Fact, full: bool, first: bool, lead: str | None = None
+    ) -> Clause:
+        entity = self.entities[fact.entity]
+        if first or rng.random() < 0.5:
+            subject = ("alias" if rng.random() < 0.05 else "name", entity.id)
+        else:
+            subject = ("pron", -1)
+        topic = entity.topic if rng.random() < 0.35 else None
+        return Clause(subject, fact.relation, fact.obj, fact.quality if full else None, topic, lead)
+
+    def _background_clause(self, rng: random.Random, topics: Sequence[int]) -> Clause:
+        """Topical filler: the words every passage of a topic shares (BM25 distractors)."""
+        topic = rng.choice(topics)
+        a, b = rng.sample(self.topic_attributes[topic], 2)
+        quality = rng.choice(self.qualities) if rng.random() < 0.5 else None
+        relation = rng.choice(self.relations)
+        trailing = topic if quality is None and rng.random() < 0.4 else None
+        return Clause(("np", a), relation, b, quality, trailing)
+
+    def clause_length(self, clause: Clause) -> int:
+        kind, ref = clause.subject
+        subject = len(self.entities[ref].name.split()) if kind == "name" else 1 + (kind == "np")
+        return (
+            subject
+            + 3
+            + (clause.quality is not None)
+            + 2 * (clause.topic is not None)
+            + (clause.lead is not None)
+        )
+
+    def plan_passage(
+        self,
+        rng: random.Random,
+        facts: Sequence[tuple[int, bool]],
+        topics: Sequence[int],
+        doc_words: Sequence[int],
+        restate: float = 0.0,
+    ) -> tuple[list[Clause], dict[int, int]]:
+        """Clauses stating `facts` (fact id, whole?) about one entity, padded with topical
+        clauses to a length in `doc_words`; returns them and the grade of each fact.
+
+        `restate` is the chance that a fact is said again right after ("that is, ..."),
+        so pre-training text, rendered with every form, pairs synonyms in one context.
+        """
+        lo, hi = doc_words
+        target = rng.randint(lo, max(lo, hi - _BACKGROUND_MAX_WORDS))
+        clauses: list[Clause] = []
+        grades: dict[int, int] = {}
+        for i, (fact_id, full) in enumerate(facts):
+            fact = self.facts[fact_id]
+            clauses.append(self._fact_clause(rng, fact, full, first=i == 0))
+            if rng.random() < restate:
+                clauses.append(self._fact_clause(rng, fact, full, False, lead="equiv"))
+            grades[fact_id] = 2 if full else max(grades.get(fact_id, 0), 1)
+        n_words = sum(self.clause_length(c) for c in clauses)
+        while n_words < target:
+            clause = self._background_clause(rng, topics)
+            if n_words + self.clause_length(clause) > hi:
+                break
+            clauses.insert(rng.randint(1, len(clauses)), clause)
+            n_words += self.clause_length(clause)
+        return clauses, grades
+
+    def plan_question(self, rng: random.Random, fact: Fact, alias_rate: float) -> QuestionPlan:
+        return QuestionPlan(
+            fact.id,
+            rng.random() < alias_rate,
+            rng.choice(("qrxe", "exqr", "qerx", "xqer", "eqrx", "qxre")),
+            rng.random() < 0.3,
+        )
+
+    def _doc_topics(self, entity: Entity, pool: Sequence[int], rng: random.Random) -> tuple:
+        """The 1-2 topics a passage is about: the entity's, sometimes a second one."""
+        topics = [entity.topic]
+        second = entity.other_topic
+        if second is None or rng.random() < 0.5:
+            second = rng.choice(pool) if rng.random() < 0.3 else None
+        if second is not None and second != entity.topic:
+            topics.append(second)
+        return tuple(topics)
+
+    # -- rendering: which words say it (the language's stream) ----------------------
+
+    @staticmethod
+    def _form(
+        lang: Language, concept: int, rng: random.Random, mode: str, synonym_rate: float = 0.0
+    ) -> str:
+        """A surface form: "doc" mostly the primary form, "query" a query-only synonym
+        with probability `synonym_rate`, "any" every form alike (pre-training)."""
+        if mode == "any":
+            return rng.choice(lang.forms(concept))
+        if mode == "query" and rng.random() < synonym_rate:
+            return rng.choice(lang.query_forms[concept])
+        forms = lang.doc_forms[concept]
+        return forms[0] if len(forms) == 1 or rng.random() < 0.75 else rng.choice(forms[1:])
+
+    @staticmethod
+    def _fw(lang: Language, role: str, rng: random.Random) -> str:
+        return rng.choice(lang.function_words[role])
+
+    @staticmethod
+    def _sentence(words: list[str], end: str = ".") -> str:
+        text = " ".join(words)
+        return text[:1].upper() + text[1:] + end
+
+    def render_clause(
+        self, lang: Language, clause: Clause, rng: random.Random, mode: str
+    ) -> list[str]:
+        kind, ref = clause.subject
+        if kind == "name":
+            subject = self.entities[ref].name.split()
+        elif kind == "alias":
+            subject = [self.entities[ref].alias]
+        elif kind == "pron":
+            subject = [self._fw(lang, "pron", rng)]
+        else:
+            subject = [self._fw(lang, "det", rng), self._form(lang, ref, rng, mode)]
+        rel = self._form(lang, clause.relation, rng, mode)
+        obj = [self._fw(lang, "det", rng)]
+        if clause.quality is not None:
+            obj.append(self._form(lang, clause.quality, rng, mode))
+        obj.append(self._form(lang, clause.obj, rng, mode))
+        if lang.order == "SOV":
+            words = [*subject, *obj, rel]
+        elif lang.order == "VSO":
+            words = [rel, *subject, *obj]
+        else:
+            words = [*subject, rel, *obj]
+        if clause.topic is not None:  # "... in the <topic>"
+            words += [self._fw(lang, "prep", rng), self._form(lang, clause.topic, rng, mode)]
+        if clause.lead is not None:
+            words.insert(0, self._fw(lang, clause.lead, rng))
+        return words
+
+    def render_passage(
+        self, lang: Language, clauses: Sequence[Clause], rng: random.Random, mode: str = "doc"
+    ) -> str:
+        return " ".join(self._sentence(self.render_clause(lang, c, rng, mode)) for c in clauses)
+
+    def render_question(
+        self,
+        lang: Language,
+        plan: QuestionPlan,
+        rng: random.Random,
+        mode: str = "query",
+        synonym_rate: float = 0.6,
+    ) -> str:
+        """The question in the plan's word order; content words may be synonyms."""
+        fact = self.facts[plan.fact]
+        entity = self.entities[fact.entity]
+        parts = {
+            "q": [self._fw(lang, "q", rng)],
+            "e": [entity.alias] if plan.alias else entity.name.split(),
+            "r": [self._form(lang, fact.relation, rng, mode, synonym_rate)],
+            "x": [
+                self._form(lang, fact.quality, rng, mode, synonym_rate),
+                self._form(lang, fact.obj, rng, mode, synonym_rate),
+            ],
+        }
+        words = [w for key in plan.order for w in parts[key]]
+        if plan.ask:
+            words.insert(0, self._fw(lang, "ask", rng))
+        return self._sentence(words, "?")
+
+    def render_title(self, lang: Language, entity: int, rng: random.Random, mode: str) -> str:
+        e = self.entities[entity]
+        return f"{e.name} {self._form(lang, e.topic, rng, mode)}"
+
+    def documents(
+        self,
+        n_docs: int,
+        stream: str,
+        topics: Sequence[int] | None = None,
+        language: int = 0,
+        doc_words: Sequence[int] = (40, 150),
+        mode: str = "doc",
+        restate: float = 0.0,
+        titles: bool = True,
+    ) -> list[Document]:
+        """`n_docs` passages about random entities of `topics` (all when None), from the
+        named random stream; doc ids are "<stream>-<n>". The same stream in another
+        language gives the same documents, translated."""
+        rng = self._rng(f"documents:{stream}")
+        words_rng = self._rng(f"render:documents:{stream}:{language}")
+        lang = self.language(language)
+        pool = list(range(self.n_topics)) if topics is None else list(topics)
+        wanted = set(pool)
+        entities = [e for e in self.entities if e.topic in wanted]
+        docs = []
+        for n in range(n_docs):
+            entity = rng.choice(entities)
+            facts = self.entity_facts[entity.id]
+            chosen = rng.sample(facts, rng.randint(2, min(4, len(facts))))
+            picks = [(f, i == 0 or rng.random() < 0.6) for i, f in enumerate(chosen)]
+            doc_topics = self._doc_topics(entity, pool, rng)
+            clauses, grades = self.plan_passage(rng, picks, doc_topics, doc_words, restate)
+            text = self.render_passage(lang, clauses, words_rng, mode)
+            title = self.render_title(lang, entity.id, words_rng, mode) if titles else ""
+            docs.append(Document(f"{stream}-{n}", title, text, entity.id, doc_topics, grades))
+        return docs
+
+    # -- data sets ----------------------------------------------------------------
+
+    def _spec(self, name: str, spec: dict[str, Any], group: bool = False) -> dict[str, Any]:
+        where = f"demo data set {name!r}"
+        if not isinstance(spec, dict):
+            raise InputError(f"{where}: spec must be a mapping, got {type(spec).__name__}")
+        unknown = sorted(set(spec) - set(_DEFAULT_SPEC) - {"subsets"})
+        if unknown:
+            raise InputError(f"{where}: unknown keys {unknown} (known: {sorted(_DEFAULT_SPEC)})")
+        s = {**_DEFAULT_SPEC, **spec}
+        if s["kind"] not in _KINDS:
+            raise InputError(f"{where}: kind must be one of {list(_KINDS)}, got {s['kind']!r}")
+        if s["kind"] == "group":
+            if group:
+                raise InputError(f"{where}: groups cannot nest")
+            if not isinstance(spec.get("subsets"), dict) or not spec["subsets"]:
+                raise InputError(f"{where}: a group needs a non-empty 'subsets' mapping")
+            return s
+        if "subsets" in spec:
+            raise InputError(f"{where}: 'subsets' is only for kind: group")
+
+        def need_int(key: str, least: int, most: int | None = None) -> None:
+            v = s[key]
+            if not isinstance(v, int) or isinstance(v, bool) or v < least:
+                raise InputError(f"{where}: {key} must be an integer >= {least}, got {v!r}")
+            if most is not None and v > most:
+                raise InputError(f"{where}: {key} must be <= {most}, got {v!r}")
+
+        def need_range(key: str, least: int, gap: int) -> None:
+            v = s[key]
+            ok = isinstance(v, (list, tuple)) and len(v) == 2
+            ok = ok and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+            if not ok or v[0] < least or v[1] < v[0] + gap:
+                raise InputError(
+                    f"{where}: {key} must be [min, max] with min >= {least} and "
+                    f"max >= min + {gap}, got {v!r}"
+                )
+
+        def need_rate(key: str) -> None:
+            v = s[key]
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1:
+                raise InputError(f"{where}: {key} must be a number in [0, 1], got {v!r}")
+
+        need_int("n_docs", 10)
+        need_int("n_topics", 1, self.n_topics)
+        need_int("language", 0, self.n_languages - 1)
+        need_int("max_relevant", 1, 3)
+        need_range("doc_words", 20, 10)
+        need_range("docs_per_entity", 1, 0)
+        need_rate("synonym_rate")
+        need_rate("alias_rate")
+        if s["doc_style"] not in ("passage", "question"):
+            raise InputError(f"{where}: doc_style must be 'passage' or 'question'")
+        splits = s["splits"]
+        if not isinstance(splits, dict) or not splits:
+            raise InputError(f"{where}: splits must map split names to query counts")
+        for split, n in splits.items():
+            if not isinstance(split, str) or not split.isidentifier():
+                raise InputError(f"{where}: bad split name {split!r}")
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise InputError(f"{where}: splits.{split} must be a positive integer")
+        if s["topics"] is not None:
+            t = s["topics"]
+            if (
+                not isinstance(t, list)
+                or not t
+                or len(set(t)) != len(t)
+                or not all(isinstance(x, int) and 0 <= x < self.n_topics for x in t)
+            ):
+                raise InputError(
+                    f"{where}: topics must be distinct world topic indices < {self.n_topics}"
+                )
+        for key in ("query_id_prefix", "doc_id_prefix"):
+            if not isinstance(s[key], str) or any(c.isspace() for c in s[key]):
+                raise InputError(f"{where}: {key} must be a string without whitespace")
+        if s["query_id_prefix"] == s["doc_id_prefix"] and s["kind"] == "standard":
+            raise InputError(f"{where}: query_id_prefix must differ from doc_id_prefix")
+        return s
+
+    def build_dataset(
+        self, name: str, spec: dict[str, Any], topics: Sequence[int] | None = None
+    ) -> BeirDataset:
+        """One (non-group) data set in memory; `topics` overrides the spec's choice."""
+        s = self._spec(name, spec)
+        if s["kind"] == "group":
+            raise InputError(f"demo data set {name!r}: use build_group for kind: group")
+        rng = self._rng(f"dataset:{name}")
+        if topics is None:
+            topics = s["topics"] or sorted(rng.sample(range(self.n_topics), s["n_topics"]))
+        if s["kind"] == "self_query":
+            return self._self_query_dataset(name, s, list(topics), rng)
+        return self._standard_dataset(name, s, list(topics), rng)
+
+    def build_group(self, name: str, spec: dict[str, Any]) -> dict[str, BeirDataset]:
+        """A group's subsets (name -> data set), each on its own disjoint topics."""
+        s = self._spec(name, spec)
+        if s["kind"] != "group":
+            raise InputError(f"demo data set {name!r}: build_group needs kind: group")
+        defaults = {k: v for k, v in spec.items() if k not in ("kind", "subsets")}
+        rng = self._rng(f"group:{name}")
+        subs = {}
+        for sub, sub_spec in spec["subsets"].items():
+            if not isinstance(sub, str) or not sub or "/" in sub or sub.startswith("."):
+                raise InputError(f"demo data set {name!r}: bad subset name {sub!r}")
+            if sub_spec is not None and not isinstance(sub_spec, dict):
+                raise InputError(f"demo data set {name!r}: subsets.{sub} must be a mapping")
+            full = {**defaults, **(sub_spec or {})}
+            subs[sub] = self._spec(f"{name}/{sub}", full, group=True)
+        free = list(range(self.n_topics))
+        rng.shuffle(free)
+        out = {}
+        for sub, sub_spec in subs.items():
+            if sub_spec["topics"] is not None:
+                topics = sub_spec["topics"]
+            else:
+                if len(free) < sub_spec["n_topics"]:
+                    raise InputError(
+                        f"demo data set {name!r}: the world has too few topics for "
+                        f"disjoint subsets ({self.n_topics})"
+                    )
+                topics, free = sorted(free[: sub_spec["n_topics"]]), free[sub_spec["n_topics"] :]
+            full = {**defaults, **(spec["subsets"][sub] or {})}
+            out[sub] = self.build_dataset(f"{name}/{sub}", full, topics)
+        return out
+
+    def _entities_for(self, topics: Sequence[int], rng: random.Random) -> list[Entity]:
+        wanted = set(topics)
+        entities = [e for e in self.entities if e.topic in wanted]
+        rng.shuffle(entities)
+        return entities
+
+    @staticmethod
+    def _finish(s: dict[str, Any], docs: list[Document], rng: random.Random) -> None:
+        """Shuffle the corpus and give numeric ids, so ids reveal nothing of the world."""
+        rng.shuffle(docs)
+        for n, d in enumerate(docs):
+            d.doc_id = f"{s['doc_id_prefix']}{n + 1}"
+
+    def _standard_dataset(
+        self, name: str, s: dict[str, Any], topics: list[int], rng: random.Random
+    ) -> BeirDataset:
+        lang = self.language(s["language"])
+        words_rng = self._rng(f"render:dataset:{name}:{s['language']}")
+        entities = self._entities_for(topics, rng)
+        docs: list[Document] = []
+        lo, hi = s["docs_per_entity"]
+        extra_max = max(0, s["doc_words"][1] // 12 - 1)
+        i = 0
+        while len(docs) < s["n_docs"]:
+            entity = entities[i % len(entities)]
+            i += 1
+            facts = self.entity_facts[entity.id]
+            for _ in range(min(rng.randint(lo, hi), s["n_docs"] - len(docs))):
+                k = 1 + min(rng.randint(1, 3), extra_max, len(facts) - 1)
+                chosen = rng.sample(facts, k)
+                picks = [(f, j == 0 or rng.random() < 0.6) for j, f in enumerate(chosen)]
+                doc_topics = self._doc_topics(entity, topics, rng)
+                clauses, grades = self.plan_passage(rng, picks, doc_topics, s["doc_words"])
+                text = self.render_passage(lang, clauses, words_rng, "doc")
+                title = self.render_title(lang, entity.id, words_rng, "doc") if s["titles"] else ""
+                docs.append(Document("", title, text, entity.id, doc_topics, grades))
+        self._finish(s, docs, rng)
+
+        by_fact: dict[int, list[Document]] = {}
+        for d in docs:
+            for f in d.facts:
+                by_fact.setdefault(f, []).append(d)
+        candidates = [
+            f
+            for f in sorted(by_fact)
+            if len(by_fact[f]) <= s["max_relevant"] and any(d.facts[f] == 2 for d in by_fact[f])
+        ]
+        rng.shuffle(candidates)
+        wanted = sum(s["splits"].values())
+        if len(candidates) < wanted:
+            raise InputError(
+                f"demo data set {name!r}: only {len(candidates)} answerable facts for "
+                f"{wanted} queries; raise n_docs or n_topics"
+            )
+        queries, qrels = [], {split: {} for split in s["splits"]}
+        it = iter(candidates)
+        n = 0
+        for split, count in s["splits"].items():
+            for _ in range(count):
+                fact = self.facts[next(it)]
+                n += 1
+                qid = f"{s['query_id_prefix']}{n}"
+                plan = self.plan_question(rng, fact, s["alias_rate"])
+                text = self.render_question(lang, plan, words_rng, "query", s["synonym_rate"])
+                queries.append(Query(qid, text, split, fact.id))
+                qrels[split][qid] = {
+                    d.doc_id: (d.facts[fact.id] if s["graded"] else 1) for d in by_fact[fact.id]
+                }
+        return BeirDataset(name, docs, queries, qrels, s["language"])
+
+    def _self_query_dataset(
+        self, name: str, s: dict[str, Any], topics: list[int], rng: random.Random
+    ) -> BeirDataset:
+        """Clusters of paraphrased documents; one member of a cluster is the query, the
+        others are its relevant documents (Quora duplicates, ArguAna counter-arguments)."""
+        lang = self.language(s["language"])
+        words_rng = self._rng(f"render:dataset:{name}:{s['language']}")
+        entities = self._entities_for(topics, rng)
+        wanted = sum(s["splits"].values())
+        n_clusters = wanted + math.ceil(wanted / 4)
+        question = s["doc_style"] == "question"
+        claimed: dict[int, set[int]] = {}
+        clusters: list[tuple[Entity, list[int], int]] = []
+        i = 0
+        while len(clusters) < n_clusters:
+            if i >= len(entities) * 4:
+                raise InputError(f"demo data set {name!r}: too few entities; raise n_topics")
+            entity = entities[i % len(entities)]
+            i += 1
+            free = [f for f in self.entity_facts[entity.id] if f not in claimed.get(entity.id, ())]
+            if len(free) < 3:
+                continue
+            shared = rng.sample(free, 1 if question else rng.randint(1, 2))
+            claimed.setdefault(entity.id, set()).update(shared)
+            clusters.append((entity, shared, rng.randint(2, s["max_relevant"] + 1)))
+        if sum(size for *_, size in clusters) > s["n_docs"] * 0.8:
+            raise InputError(
+                f"demo data set {name!r}: {wanted} queries need more documents; raise n_docs"
+            )
+
+        def plan(entity: Entity, shared: list[int]) -> tuple:
+            if question:
+                return ("question", self.plan_question(rng, self.facts[shared[0]], s["alias_rate"]))
+            taken = claimed.get(entity.id, set()) | set(shared)
+            free = [f for f in self.entity_facts[entity.id] if f not in taken]
+            extra = rng.sample(free, min(len(free), rng.randint(0, 2)))
+            picks = [(f, True) for f in shared] + [(f, rng.random() < 0.6) for f in extra]
+            doc_topics = self._doc_topics(entity, topics, rng)
+            clauses = self.plan_passage(rng, picks, doc_topics, s["doc_words"])[0]
+            return ("passage", clauses, doc_topics)
+
+        def render(entity: Entity, shared: list[int], p: tuple) -> Document:
+            doc_topics: tuple[int, ...] = (entity.topic,)
+            if p[0] == "question":
+                text = self.render_question(lang, p[1], words_rng, "any", 0.0)
+                title = ""
+            else:
+                doc_topics = p[2]
+                text = self.render_passage(lang, p[1], words_rng, "any")
+                title = self.render_title(lang, entity.id, words_rng, "any") if s["titles"] else ""
+            return Document("", title, text, entity.id, doc_topics, dict.fromkeys(shared, 1))
+
+        docs: list[Document] = []
+        members: list[list[Document]] = []
+        for entity, shared, size in clusters:
+            group: list[Document] = []
+            for _ in range(size):
+                p = plan(entity, shared)
+                for _attempt in range(5):  # paraphrases, not copies
+                    doc = render(entity, shared, p)
+                    if all(doc.text != g.text for g in group):
+                        break
+                group.append(doc)
+            members.append(group)
+            docs.extend(group)
+        j = 0
+        while len(docs) < s["n_docs"]:  # distractors: other facts of the same entities
+            entity = entities[j % len(entities)]
+            j += 1
+            free = [f for f in self.entity_facts[entity.id] if f not in claimed.get(entity.id, ())]
+            if not free:
+                continue
+            shared = [rng.choice(free)]
+            docs.append(render(entity, shared, plan(entity, shared)))
+        self._finish(s, docs, rng)
+
+        order = list(range(len(members)))
+        rng.shuffle(order)
+        queries, qrels = [], {split: {} for split in s["splits"]}
+        it = iter(order)
+        for split, count in s["splits"].items():
+            for _ in range(count):
+                group = members[next(it)]
+                q = rng.choice(group)
+                queries.append(Query(q.doc_id, q.text, split, None))
+                qrels[split][q.doc_id] = {d.doc_id: 1 for d in group if d is not q}
+        return BeirDataset(name, docs, queries, qrels, s["language"])
+
+    # -- writing ------------------------------------------------------------------
+
+    def write_beir_dataset(
+        self, out_dir: str | Path, spec: dict[str, Any], name: str | None = None
+    ) -> Path:
+        """Write a data set (or a group's subsets, one folder each) in BEIR layout.
+
+        `name` (default: the folder's name) seeds the data set's random stream. The
+        folder appears complete or not at all: it is written beside and renamed.
+        """
+        out_dir = Path(out_dir)
+        name = out_dir.name if name is None else name
+        if self._spec(name, spec)["kind"] == "group":
+            parts = self.build_group(name, spec)
+        else:
+            parts = {"": self.build_dataset(name, spec)}
+        with _atomic_dir(out_dir) as tmp:
+            for sub, ds in parts.items():
+                write_beir_folder(ds, tmp / sub if sub else tmp)
+        return out_dir
+
+    def write_pretraining_text(
+        self,
+        path: str | Path,
+        n_lines: int,
+        language: int = 0,
+        doc_words: Sequence[int] = (40, 150),
+        stream: str = "pretraining",
+    ) -> Path:
+        """Unlabelled text, one document per line, using every surface form and often
+        restating a fact in other words, so that synonymy is learnable from it."""
+        if not isinstance(n_lines, int) or n_lines < 1:
+            raise InputError(f"pre-training text: n_lines must be a positive integer: {n_lines!r}")
+        lang = self.language(language)
+        rng = self._rng(f"glossary:{stream}:{language}")
+        docs = self.documents(
+            n_lines, f"{stream}:{language}", None, language, doc_words, "any", restate=0.3
+        )
+        lines = []
+        for d in docs:
+            text = f"{d.title} {d.text}"
+            if rng.random() < 0.2:  # a glossary sentence: "<form> that-is <synonym>"
+                concept = rng.randrange(len(self.concepts))
+                forms = lang.forms(concept)
+                if len(forms) > 1:
+                    a, b = rng.sample(forms, 2)
+                    text += " " + self._sentence([a, self._fw(lang, "equiv", rng), b])
+            lines.append(text)
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+
+# ----------------------------------------------------------------------------- files
+
+
+class _atomic_dir:
+    """Build a folder under a temporary sibling name; replace `path` only on success."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        os.chmod(self.tmp, 0o755)  # mkdtemp makes it private
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        os.replace(self.tmp, self.path)
+
+
+def _jsonl(rows: Iterable[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def write_beir_folder(ds: BeirDataset, folder: Path) -> None:
+    """corpus.jsonl, queries.jsonl and qrels/<split>.tsv exactly as BEIR lays them out."""
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    (folder / "corpus.jsonl").write_text(
+        _jsonl({"_id": d.doc_id, "title": d.title, "text": d.text} for d in ds.corpus),
+        encoding="utf-8",
+    )
+    (folder / "queries.jsonl").write_text(
+        _jsonl({"_id": q.query_id, "text": q.text} for q in ds.queries), encoding="utf-8"
+    )
+    for split, by_query in ds.qrels.items():
+        lines = ["query-id\tcorpus-id\tscore"]
+        for qid, docs in by_query.items():
+            lines.extend(f"{qid}\t{did}\t{rel}" for did, rel in sorted(docs.items()))
+        (folder / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def generate_demo_datasets(
+    out_root: str | Path,
+    specs: dict[str, dict[str, Any]],
+    seed: int,
+    world: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write every data set of `specs` under `out_root/<name>`; name -> folder.
+
+    `world` holds DemoWorld's size arguments (defaults when None).
+    """
+    if not isinstance(specs, dict) or not specs:
+        raise InputError("demo world: no data sets given")
+    out_root = Path(out_root)
+    w = make_world(seed, world)
+    out = {}
+    for name, spec in specs.items():
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            raise InputError(f"demo world: bad data set name {name!r}")
+        out[name] = w.write_beir_dataset(out_root / name, spec or {}, name)
+    return out
+
+
+def generate_pretraining_corpus(
+    path: str | Path,
+    n_lines: int,
+    seed: int,
+    world: dict[str, Any] | None = None,
+    language: int = 0,
+    doc_words: Sequence[int] = (40, 150),
+) -> Path:
+    """Write pre-training text (one document per line) from the world of `seed`."""
+    return make_world(seed, world).write_pretraining_text(path, n_lines, language, doc_words)
+
+
+def make_world(seed: int, world: dict[str, Any] | None = None) -> DemoWorld:
+    """A DemoWorld from a config mapping, naming unknown keys in the error."""
+    world = dict(world or {})
+    known = {
+        "n_topics",
+        "attributes_per_topic",
+        "entities_per_topic",
+        "facts_per_entity",
+        "n_relations",
+        "n_qualities",
+        "n_languages",
+    }
+    unknown = sorted(set(world) - known)
+    if unknown:
+        raise InputError(f"demo world: unknown keys {unknown} (known: {sorted(known)})")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise InputError(f"demo world: seed must be an integer, got {seed!r}")
+    return DemoWorld(seed, **world)

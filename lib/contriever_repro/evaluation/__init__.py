@@ -1,0 +1,3 @@
+"""Evaluation: metrics exactly as beir computes them, in-process scoring
+(workflow/rules/evaluation.smk).
+"""

@@ -1,0 +1,233 @@
+"""A retrieval model is more than a name: every setting that changes its numbers.
+
+`ModelSpec` carries the source (hub id or local folder), pooling, normalisation,
+score function, maximum lengths, casing and text normalisation. The defaults are
+Contriever's: mean pooling over all non-padding tokens ([CLS] and [SEP] included),
+no L2 normalisation, dot product, 512 tokens, "title text" passages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+from ..io import atomic_dir, write_text
+from .hub import COMMIT_HASH, HubSource, revision_warning
+
+log = logging.getLogger(__name__)
+
+POOLINGS = ("mean", "cls")
+SCORE_FUNCTIONS = ("dot", "cos_sim")
+DTYPES = ("fp32", "fp16", "bf16")
+DEVICES = ("auto", "cuda", "cpu")
+# Weights for other frameworks that a hub repository may carry: never needed here.
+HUB_IGNORE = ["*.h5", "*.msgpack", "*.onnx", "*.ot", "flax_model*", "tf_model*", "onnx/*"]
+PREFETCH_RECORD = "prefetch.json"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: str
+    revision: str | None = None
+    pooling: str = "mean"
+    normalize: bool = False
+    score_function: str = "dot"
+    max_query_length: int = 512
+    max_passage_length: int = 512
+    lowercase: bool = False
+    normalize_text: bool = False
+    use_title: bool = True
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    dtype: str = "fp32"
+    query_dtype: str | None = None
+    batch_size: int = 128
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        where = f"model '{self.name}'"
+        if self.pooling not in POOLINGS:
+            raise InputError(f"{where}: pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.score_function not in SCORE_FUNCTIONS:
+            raise InputError(
+                f"{where}: score_function must be one of {SCORE_FUNCTIONS}, "
+                f"got {self.score_function!r}"
+            )
+        for key in ("dtype", "query_dtype"):
+            value = getattr(self, key)
+            if value is not None and value not in DTYPES:
+                raise InputError(f"{where}: {key} must be one of {DTYPES}, got {value!r}")
+        for key in ("max_query_length", "max_passage_length", "batch_size"):
+            if int(getattr(self, key)) <= 0:
+                raise InputError(f"{where}: {key} must be positive")
+
+    @property
+    def l2_normalize(self) -> bool:
+        """cos_sim is a dot product between unit vectors, so normalise once at encoding."""
+        return self.normalize or self.score_function == "cos_sim"
+
+    def dtype_for(self, side: str) -> str:
+        """Precision of one side: queries may stay fp32 (they are few and cheap) while
+        the corpus, where the time goes, runs in bf16/fp16."""
+        if side == "query" and self.query_dtype is not None:
+            return self.query_dtype
+        return self.dtype
+
+    @classmethod
+    def from_config(cls, name: str, cfg: dict[str, Any], source: str | None = None) -> ModelSpec:
+        """Build from a config entry; unknown keys are an error so typos never go unnoticed."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"name", "extra"}
+        workflow_keys = {"type", "run", "description", "paper", "bm25"}
+        unknown = set(cfg) - known - workflow_keys
+        if unknown:
+            raise InputError(f"models.{name}: unknown key(s) {sorted(unknown)}")
+        values = {k: v for k, v in cfg.items() if k in known}
+        if source is not None:
+            values["source"] = source
+        if "source" not in values:
+            raise InputError(f"models.{name}: no 'source' (hub id or local folder)")
+        return cls(name=name, **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def load_encoder(spec: ModelSpec, device: str | torch.device = "cpu", offline: bool = False):
+    """Load tokenizer and encoder with `AutoModel`; fail with a message naming the model.
+
+    offline: the source must be a local folder (a prefetched hub snapshot, a folder built
+    by the workflow, or the user's own); the hub is never contacted. Cluster jobs load
+    this way, since compute nodes often have no internet.
+
+    The weights stay fp32: reduced precision is applied with autocast at encoding time,
+    which keeps accumulations in fp32 where it matters.
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    source = spec.source
+    is_local = Path(source).exists()
+    if offline and not Path(source).is_dir():
+        raise InputError(
+            f"model '{spec.name}': {source!r} is not a local folder; encoding jobs load "
+            "only local folders (hub models are fetched first by rule prefetch_model)"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
+        model = AutoModel.from_pretrained(source, local_files_only=offline)
+    except (OSError, ValueError) as err:
+        hint = (
+            "the local folder has no loadable Hugging Face model"
+            if is_local
+            else "it is neither a local folder nor a model id reachable on the Hugging Face hub "
+            "(offline? set HF_HOME to a cache that holds it, or point source at a local copy)"
+        )
+        raise InputError(f"model '{spec.name}': cannot load {source!r}: {hint}. ({err})") from err
+    if hasattr(model, "pooler") and model.pooler is not None:
+        # Contriever checkpoints carry no pooler; an untrained one would only waste time.
+        model.pooler = None
+    model.eval()
+    model.to(device)
+    return tokenizer, model
+
+
+def choose_device(requested: str, gpus: int, cuda_available: bool) -> str:
+    """The device an encoding job runs on, or an InputError before any work is done.
+
+    requested: the config's `device` (auto | cuda | cpu); gpus: the GPUs the job was
+    given (the rule's resources.gpu). A job given GPUs that sees no CUDA is a
+    misconfigured cluster job (wrong partition, no --gpus, broken driver): on CPU it
+    would crawl until its time limit, so it fails at once. CPU is used only when the
+    config says `cpu`, or says `auto` for a job given no GPU.
+    """
+    if requested not in DEVICES:
+        raise InputError(f"device must be one of {DEVICES}, got {requested!r}")
+    if requested == "cpu":
+        if gpus > 0:
+            log.warning("device: cpu, so the %d GPU(s) this job was given stay unused", gpus)
+        return "cpu"
+    if cuda_available:
+        return "cuda"
+    if gpus > 0:
+        raise InputError(
+            f"this job was given {gpus} GPU(s) (resources gpu={gpus}) but CUDA is not "
+            "visible (torch.cuda.is_available() is False: check the partition, the job's "
+            "--gpus and CUDA_VISIBLE_DEVICES); refusing to encode on CPU. To encode on CPU "
+            "on purpose, set `device: cpu` in the config or give the rule gpu=0."
+        )
+    if requested == "cuda":
+        raise InputError("device: cuda, but CUDA is not visible (torch.cuda.is_available())")
+    return "cpu"
+
+
+def hub_snapshot(repo_id: str, revision: str | None, local_dir: Path) -> str:
+    """Download one commit of a hub model into local_dir; return that commit's hash.
+
+    The revision (branch, tag or commit) is resolved to a commit first and exactly that
+    commit is downloaded, so the record names what was fetched.
+    """
+    from huggingface_hub import HfApi, snapshot_download
+
+    commit = HfApi().model_info(repo_id, revision=revision).sha
+    snapshot_download(repo_id, revision=commit, local_dir=local_dir, ignore_patterns=HUB_IGNORE)
+    return commit
+
+
+def prefetch_model(
+    source: HubSource,
+    out_dir: str | Path,
+    download: Callable[[str, str | None, Path], str] = hub_snapshot,
+) -> Path:
+    """Fetch a hub model into `out_dir` (atomically) for offline cluster jobs.
+
+    `download(repo_id, revision, folder)` fills the folder and returns the commit it
+    fetched (the default is the hub; tests pass a fake). The folder appears only once
+    the download is complete, holds `prefetch.json` (repo, requested revision, commit)
+    and must load offline with AutoModel; otherwise nothing is left at `out_dir`.
+    """
+    out_dir = Path(out_dir)
+    repo_id, revision = source.repo_id, source.revision
+    what = f"{repo_id} ({', '.join(source.users)})"
+    warning = revision_warning(source)
+    if warning:
+        log.warning("%s", warning)
+    with atomic_dir(out_dir) as tmp:
+        commit = download(repo_id, revision, tmp)
+        if revision is not None and COMMIT_HASH.fullmatch(revision) and commit != revision:
+            raise InputError(f"{what}: asked for commit {revision} but got {commit}")
+        # The prefetched folder must be loadable by the cluster jobs, which run offline.
+        load_encoder(ModelSpec(name=repo_id, source=str(tmp)), offline=True)
+        record = {"repo_id": repo_id, "revision": revision, "commit": commit}
+        write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", tmp / PREFETCH_RECORD)
+    if warning:
+        log.warning("%s: fetched commit %s; pin it with `revision: %s`", what, commit, commit)
+    log.info("%s: commit %s -> %s", what, commit, out_dir)
+    return out_dir
+
+
+def pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor, method: str) -> torch.Tensor:
+    """Sentence embedding from token states.
+
+    mean: average over positions with attention_mask == 1, special tokens included,
+    exactly as Contriever; cls: the first token's state.
+    """
+    if method == "cls":
+        return last_hidden[:, 0]
+    if method == "mean":
+        mask = attention_mask.unsqueeze(-1).to(last_hidden.dtype)
+        summed = (last_hidden * mask).sum(dim=1)
+        counts = mask.sum(dim=1).clamp(min=1.0)
+        return summed / counts
+    raise InputError(f"unknown pooling {method!r}; expected one of {POOLINGS}")

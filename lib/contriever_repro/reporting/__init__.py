@@ -1,0 +1,1 @@
+"""Reporting: paper-shaped tables and figures (workflow/rules/reporting.smk)."""

@@ -1,0 +1,1 @@
+"""Retrieval: dense encoding, exact FAISS search, BM25 (workflow/rules/retrieval.smk)."""

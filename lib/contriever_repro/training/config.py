@@ -1,0 +1,228 @@
+"""One pre-training experiment as a typed, validated record (config `pretraining.<name>`).
+
+Defaults are the English Contriever run as it actually ran (spec §5.4, paper A.1):
+BERT-base-uncased, Wikipedia + CCNet mixed 50/50 per example, 256-token chunks, crops
+of 5-50% plus token deletion p = 0.1, MoCo with K = 131072, m = 0.9995, τ = 0.05,
+AdamW 5e-5 (0.9, 0.98, 1e-6, wd 0.01), 20k warmup then linear decay to 0 at 500k
+steps, 64 sequences per GPU on 32 GPUs, fp32. Every key is checked, so a misspelt
+option is an error naming it (the authors' `--moco_queue` was silently ignored,
+spec §15 row 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InputError
+from ..models.spec import POOLINGS
+from .augment import AUGMENTATIONS, METHODS
+from .contrastive import check_queue
+from .optim import SCHEDULES
+
+OBJECTIVES = ("moco", "inbatch")
+# fp32: strict (the reference). tf32: fp32 weights and activations with TF32 matmuls on
+# CUDA (8x the fp32 peak of an A100; the same as fp32 on a CPU). bf16/fp16: autocast.
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    name: str
+    # what to train from and on (resolved to folders by the workflow)
+    init: str = "bert-base-uncased"
+    tokenizer: str = "bert-base-uncased"
+    sources: tuple[str, ...] = ("wiki-en", "ccnet-en")
+    # data
+    sampling_coefficient: float = 0.0
+    respect_doc_boundaries: bool = False
+    min_doc_tokens: int = 32
+    chunk_length: int = 256
+    # views
+    view_method: str = "crop"
+    ratio_min: float = 0.05
+    ratio_max: float = 0.5
+    augmentation: str = "delete"
+    augmentation_prob: float = 0.1
+    ict_keep_prob: float = 0.0
+    # model and objective
+    objective: str = "moco"
+    pooling: str = "mean"
+    norm_query: bool = False
+    norm_doc: bool = False
+    queue_size: int = 131072
+    momentum: float = 0.9995
+    temperature: float = 0.05
+    label_smoothing: float = 0.0
+    key_encoder_train_mode: bool = True
+    # optimisation
+    steps: int = 500000
+    warmup_steps: int = 20000
+    schedule: str = "linear"
+    lr: float = 5e-5
+    lr_min_ratio: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    decay_norm_and_bias: bool = True
+    max_grad_norm: float | None = None
+    batch_size_per_device: int = 64
+    grad_accumulation: int = 1
+    precision: str = "fp32"
+    seed: int = 0
+    # launch (the workflow turns these into torchrun arguments and SLURM resources)
+    device: str = "cuda"
+    nodes: int = 4
+    gpus_per_node: int = 8
+    num_workers: int = 5
+    max_restarts: int = 20
+    # CPU only: flush subnormal floats to zero (train.flush_denormals). fp32 backward
+    # through MoCo's softmax at τ = 0.05 makes subnormals, which x86 cores compute on a
+    # slow path: backward 6.7x, a whole MiniLM step 2.7x slower (bench/bench_pretrain.py).
+    # GPUs flush anyway; values under 1.2e-38 cannot change a trained encoder.
+    flush_denormal: bool = True
+    # bookkeeping
+    log_every: int = 100
+    checkpoint_every: int = 500
+    keep_every: int = 50000
+    keep_last: int = 2
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_dict(cls, name: str, spec: Mapping[str, Any] | None) -> PretrainConfig:
+        """Build from the config mapping; any unknown key or bad value names its key."""
+        spec = dict(spec or {})
+        where = f"pretraining.{name}"
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "name"}
+        unknown = sorted(set(spec) - set(fields))
+        if unknown:
+            raise InputError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+        if "sources" in spec:
+            sources = spec["sources"]
+            if isinstance(sources, str) or not isinstance(sources, list | tuple) or not sources:
+                raise InputError(f"{where}.sources: expected a non-empty list of corpus names")
+            spec["sources"] = tuple(str(s) for s in sources)
+        for key, value in spec.items():
+            _check_type(where, key, value, fields[key].type)
+        cfg = cls(name=name, **spec)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        where = f"pretraining.{self.name}"
+
+        def bad(key: str, why: str) -> InputError:
+            return InputError(f"{where}.{key}: {why} (got {getattr(self, key)!r})")
+
+        choices = {
+            "objective": OBJECTIVES,
+            "precision": PRECISIONS,
+            "schedule": SCHEDULES,
+            "view_method": METHODS,
+            "augmentation": AUGMENTATIONS,
+            "pooling": POOLINGS,
+            "device": ("cuda", "cpu"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise bad(key, f"must be one of {list(allowed)}")
+        positive = (
+            "chunk_length",
+            "steps",
+            "batch_size_per_device",
+            "grad_accumulation",
+            "nodes",
+            "gpus_per_node",
+            "log_every",
+            "checkpoint_every",
+            "keep_every",
+            "keep_last",
+            "queue_size",
+        )
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise bad(key, "must be >= 1")
+        for key in ("lr", "temperature", "eps"):
+            if getattr(self, key) <= 0:
+                raise bad(key, "must be > 0")
+        for key in ("warmup_steps", "num_workers", "max_restarts", "weight_decay", "seed"):
+            if getattr(self, key) < 0:
+                raise bad(key, "must be >= 0")
+        for key in ("momentum", "beta1", "beta2", "lr_min_ratio", "augmentation_prob"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise bad(key, "must be in [0, 1]")
+        if not 0.0 < self.ratio_min <= self.ratio_max <= 1.0:
+            raise bad("ratio_min", "need 0 < ratio_min <= ratio_max <= 1")
+        if self.schedule != "constant" and self.warmup_steps >= self.steps:
+            raise bad("warmup_steps", f"must be smaller than steps ({self.steps})")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise bad("max_grad_norm", "must be > 0 or null")
+        if self.chunk_length < 4:
+            raise bad("chunk_length", "must be >= 4")
+
+    # ------------------------------------------------------------------ derived values
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    def global_batch(self, world_size: int | None = None) -> int:
+        """Sequences per optimiser step over all ranks and accumulation steps."""
+        world = self.world_size if world_size is None else world_size
+        return self.batch_size_per_device * world * self.grad_accumulation
+
+    def check_launch(self, world_size: int) -> None:
+        """What must hold before any GPU time is spent for a given number of processes."""
+        if self.objective == "moco":
+            # The queue is written one micro-batch of all ranks at a time.
+            try:
+                check_queue(self.queue_size, self.batch_size_per_device * world_size)
+            except InputError as err:
+                raise InputError(f"pretraining.{self.name}.queue_size: {err}") from None
+
+    def training_dict(self) -> dict:
+        """Everything that changes the trained weights: the identity a resume checks.
+
+        Bookkeeping (logging, checkpoint cadence, restarts), the launch shape and the CPU
+        denormal mode are left out of it on purpose, so a run can be resumed with another
+        log cadence or on other hardware.
+        """
+        skip = {
+            "name",
+            "num_workers",
+            "max_restarts",
+            "log_every",
+            "checkpoint_every",
+            "keep_every",
+            "keep_last",
+            "nodes",
+            "gpus_per_node",
+            "device",
+            "flush_denormal",
+        }
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        out["sources"] = list(self.sources)
+        return out
+
+
+def _check_type(where: str, key: str, value: Any, annotation: str) -> None:
+    """Type check against the dataclass annotation (strings, via `from __future__`)."""
+    optional = "None" in annotation
+    if value is None:
+        if not optional:
+            raise InputError(f"{where}.{key}: must not be null")
+        return
+    base = annotation.replace(" | None", "")
+    ok = {
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, int | float) and not isinstance(value, bool),
+        "tuple[str, ...]": isinstance(value, tuple),
+    }.get(base, True)
+    if not ok:
+        raise InputError(f"{where}.{key}: expected {base}, got {type(value).__name__} {value!r}")

@@ -1,0 +1,110 @@
+# Retrieval: encode corpus shards and queries, exact FAISS search; BM25 baseline.
+# Code: lib/contriever_repro/retrieval/.
+
+
+rule encode_corpus:
+    input:
+        corpus=lambda wc: unit_tables(wc.unit)["corpus"],
+        model=lambda wc: model_folder(wc.model),
+    output:
+        emb=f"{WORK}/embeddings/{{model}}/{{unit}}/corpus.{{shard}}-of-{{n}}.npy",
+        ids=f"{WORK}/embeddings/{{model}}/{{unit}}/corpus.{{shard}}-of-{{n}}.ids.parquet",
+        meta=f"{WORK}/embeddings/{{model}}/{{unit}}/corpus.{{shard}}-of-{{n}}.json",
+    log:
+        f"{WORK}/logs/encode_corpus/{{model}}/{{unit}}.{{shard}}-of-{{n}}.log",
+    threads: res("encode_corpus", "cpus_per_task", 1)
+    resources:
+        **rule_resources("encode_corpus"),
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/encode.py",
+        spec=lambda wc: model_spec_json(wc.model),
+        source=lambda wc: source_arg(wc.model),
+        prefix=lambda wc, output: output.emb[: -len(".npy")],
+        resume=lambda wc, output: output.emb[: -len(".npy")] + ".partial",
+        device=DEVICE,
+        gpus=lambda wc, resources: resources.get("gpu", 0),
+    shell:
+        "{params.py:q} {params.script:q} corpus --spec {params.spec:q} {params.source} "
+        "--input {input.corpus:q} --shard {wildcards.shard:q} --num-shards {wildcards.n:q} "
+        "--out-prefix {params.prefix:q} --resume-dir {params.resume:q} "
+        "--device {params.device:q} --gpus {params.gpus:q} --threads {threads:q} 2> {log:q}"
+
+
+rule encode_queries:
+    input:
+        queries=lambda wc: unit_tables(wc.unit)["queries"],
+        model=lambda wc: model_folder(wc.model),
+    output:
+        emb=f"{WORK}/embeddings/{{model}}/{{unit}}/queries.npy",
+        ids=f"{WORK}/embeddings/{{model}}/{{unit}}/queries.ids.parquet",
+        meta=f"{WORK}/embeddings/{{model}}/{{unit}}/queries.json",
+    log:
+        f"{WORK}/logs/encode_queries/{{model}}/{{unit}}.log",
+    threads: res("encode_queries", "cpus_per_task", 1)
+    resources:
+        **rule_resources("encode_queries"),
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/encode.py",
+        spec=lambda wc: model_spec_json(wc.model),
+        source=lambda wc: source_arg(wc.model),
+        prefix=lambda wc, output: output.emb[: -len(".npy")],
+        device=DEVICE,
+        gpus=lambda wc, resources: resources.get("gpu", 0),
+    shell:
+        "{params.py:q} {params.script:q} queries --spec {params.spec:q} {params.source} "
+        "--input {input.queries:q} --out-prefix {params.prefix:q} "
+        "--device {params.device:q} --gpus {params.gpus:q} --threads {threads:q} 2> {log:q}"
+
+
+rule search:
+    input:
+        queries=f"{WORK}/embeddings/{{model}}/{{unit}}/queries.npy",
+        shards=lambda wc: corpus_shards(wc.model, wc.unit),
+    output:
+        run=f"{WORK}/runs/dense/{{model}}/{{unit}}.parquet",
+        trec=f"{WORK}/runs/dense/{{model}}/{{unit}}.trec",
+    log:
+        f"{WORK}/logs/search/{{model}}/{{unit}}.log",
+    threads: res("search", "cpus_per_task", 1)
+    resources:
+        **rule_resources("search"),
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/search.py",
+        top_k=config["evaluation"]["top_k"],
+        identical=IDENTICAL_IDS,
+        shard_args=lambda wc, input: " ".join(
+            f"--shard {shlex.quote(s[: -len('.npy')])}" for s in input.shards
+        ),
+        queries=lambda wc, input: input.queries[: -len(".npy")],
+    shell:
+        "{params.py:q} {params.script:q} --queries {params.queries:q} {params.shard_args} "
+        "--top-k {params.top_k:q} {params.identical} --tag {wildcards.model:q} "
+        "--run {output.run:q} --trec {output.trec:q} --threads {threads:q} 2> {log:q}"
+
+
+rule bm25:
+    input:
+        corpus=lambda wc: unit_tables(wc.unit)["corpus"],
+        queries=lambda wc: unit_tables(wc.unit)["queries"],
+    output:
+        run=f"{WORK}/runs/bm25/{{model}}/{{unit}}.parquet",
+        trec=f"{WORK}/runs/bm25/{{model}}/{{unit}}.trec",
+    log:
+        f"{WORK}/logs/bm25/{{model}}/{{unit}}.log",
+    threads: res("bm25", "cpus_per_task", 1)
+    resources:
+        **rule_resources("bm25"),
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/bm25.py",
+        spec=lambda wc: json.dumps(model_cfg(wc.model), sort_keys=True),
+        top_k=config["evaluation"]["top_k"],
+        identical=IDENTICAL_IDS,
+    shell:
+        "{params.py:q} {params.script:q} --spec {params.spec:q} --corpus {input.corpus:q} "
+        "--queries {input.queries:q} --top-k {params.top_k:q} {params.identical} "
+        "--tag {wildcards.model:q} --run {output.run:q} --trec {output.trec:q} "
+        "--threads {threads:q} 2> {log:q}"
