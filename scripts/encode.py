@@ -41,23 +41,16 @@ def main():
     if args.side == "corpus":
         table = read_table(args.input, "corpus")
         start, end = enc.shard_bounds(len(table), args.num_shards, args.shard)
-        table = table.iloc[start:end]
-        texts, ids = enc.passage_texts(table, spec), table["doc_id"].tolist()
-        max_length, side = spec.max_passage_length, "passage"
+        table, side = table.iloc[start:end], "passage"
     else:
-        table = read_table(args.input, "queries")
-        texts, ids = enc.query_texts(table, spec), table["query_id"].tolist()
-        max_length, side = spec.max_query_length, "query"
+        table, side = read_table(args.input, "queries"), "query"
 
-    emb = enc.encode_texts(
-        texts,
+    ids, emb = enc.encode_table(
+        table,
+        spec,
         tokenizer,
         model,
-        max_length=max_length,
-        batch_size=spec.batch_size,
-        pooling=spec.pooling,
-        l2_normalize=spec.l2_normalize,
-        dtype=spec.dtype_for(side),
+        side,
         what=f"encode {args.side} {args.shard}/{args.num_shards}",
         resume_dir=args.resume_dir,
         resume_key=json.dumps(

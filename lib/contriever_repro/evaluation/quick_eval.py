@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..models.spec import ModelSpec, load_encoder
-from ..retrieval.encode import encode_texts, passage_texts, query_texts
+from ..retrieval.encode import encode_table
 from ..retrieval.search import exact_search
 from .metrics import as_beir_dict, score_run
 
@@ -26,30 +26,14 @@ def dense_scores(
 ) -> dict[str, float]:
     """beir-style metrics ({"NDCG@10": ..., "Recall@100": ...}) of `spec` on the tables."""
     tokenizer, model = load_encoder(spec, "cpu")
-    common = {"batch_size": spec.batch_size, "pooling": spec.pooling}
-    common["l2_normalize"] = spec.l2_normalize
-    doc_emb = encode_texts(
-        passage_texts(corpus, spec),
-        tokenizer,
-        model,
-        max_length=spec.max_passage_length,
-        dtype=spec.dtype_for("passage"),
-        what="encode corpus",
-        **common,
-    )
-    query_emb = encode_texts(
-        query_texts(queries, spec),
-        tokenizer,
-        model,
-        max_length=spec.max_query_length,
-        dtype=spec.dtype_for("query"),
-        what="encode queries",
-        **common,
+    doc_ids, doc_emb = encode_table(corpus, spec, tokenizer, model, "passage", what="encode corpus")
+    query_ids, query_emb = encode_table(
+        queries, spec, tokenizer, model, "query", what="encode queries"
     )
     run = exact_search(
-        queries["query_id"].tolist(),
+        query_ids,
         query_emb,
-        [(corpus["doc_id"].tolist(), doc_emb)],
+        [(doc_ids, doc_emb)],
         top_k=max(k_values),
         drop_identical_ids=ignore_identical_ids,
         use_gpu=False,

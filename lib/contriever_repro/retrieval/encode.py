@@ -204,6 +204,34 @@ def encode_texts(
     return emb
 
 
+def encode_table(
+    table: pd.DataFrame, spec: ModelSpec, tokenizer, model, side: str, **kwargs
+) -> tuple[list[str], np.ndarray]:
+    """(ids, embeddings) of a corpus (`side="passage"`) or queries table with every
+    setting the spec fixes (text preparation, length, pooling, normalisation, dtype);
+    `kwargs` go to encode_texts (progress label, resume)."""
+    if side == "passage":
+        texts, ids = passage_texts(table, spec), table["doc_id"].tolist()
+        max_length = spec.max_passage_length
+    elif side == "query":
+        texts, ids = query_texts(table, spec), table["query_id"].tolist()
+        max_length = spec.max_query_length
+    else:
+        raise ValueError(f"side must be 'passage' or 'query', got {side!r}")
+    emb = encode_texts(
+        texts,
+        tokenizer,
+        model,
+        max_length=max_length,
+        batch_size=spec.batch_size,
+        pooling=spec.pooling,
+        l2_normalize=spec.l2_normalize,
+        dtype=spec.dtype_for(side),
+        **kwargs,
+    )
+    return ids, emb
+
+
 def save_embeddings(
     prefix: str | Path, ids: Sequence[str], emb: np.ndarray, meta: dict
 ) -> tuple[Path, Path, Path]:
