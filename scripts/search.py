@@ -5,8 +5,14 @@ import logging
 
 from contriever_repro.cli import run_main, set_threads
 from contriever_repro.errors import InputError
+from contriever_repro.models.spec import DEVICES, choose_device
 from contriever_repro.retrieval.encode import load_embeddings
-from contriever_repro.retrieval.search import add_run_args, exact_search, write_run
+from contriever_repro.retrieval.search import (
+    add_run_args,
+    exact_search,
+    faiss_gpu_available,
+    write_run,
+)
 
 log = logging.getLogger("search")
 
@@ -18,7 +24,12 @@ def main():
     ap.add_argument("--queries", required=True, help="query embedding prefix")
     ap.add_argument("--shard", action="append", required=True, help="corpus shard prefix")
     add_run_args(ap)
+    ap.add_argument("--device", choices=DEVICES, default="auto", help="config `device`")
+    ap.add_argument("--gpus", type=int, default=0, help="GPUs the job was given")
     args = ap.parse_args()
+    # A GPU job whose FAISS cannot use a GPU (faiss-cpu installed, CUDA not visible)
+    # fails now instead of searching on CPU for hours.
+    device = choose_device(args.device, args.gpus, faiss_gpu_available(), what="search")
     set_threads(args.threads)
 
     qids, qemb, qmeta = load_embeddings(args.queries, mmap=False)
@@ -36,7 +47,14 @@ def main():
             log.info("searching shard %s (%d docs)", prefix, len(ids))
             yield ids, emb
 
-    run = exact_search(qids, qemb, shards(), top_k=args.top_k, drop_identical_ids=args.drop)
+    run = exact_search(
+        qids,
+        qemb,
+        shards(),
+        top_k=args.top_k,
+        drop_identical_ids=args.drop,
+        use_gpu=device == "cuda",
+    )
     write_run(run, args.run, args.trec, args.tag)
 
 

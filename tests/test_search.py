@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -65,3 +67,25 @@ def test_shard_bounds_cover_everything_once(n, k):
     assert covered == list(range(n))
     sizes = [e - s for s, e in spans]
     assert max(sizes) - min(sizes) <= 1
+
+
+def test_search_job_given_a_gpu_fails_at_once_when_faiss_cannot_use_one(tmp_path):
+    """faiss-cpu (or no CUDA) on a job given gpu=1: stop before reading anything rather
+    than search on CPU until the time limit; `device: cpu` searches on CPU on purpose."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "scripts" / "search.py"), "--queries", str(tmp_path / "q"),
+           "--shard", str(tmp_path / "c"), "--run", str(tmp_path / "run.parquet"),
+           "--trec", str(tmp_path / "run.trec")]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(root / "lib"), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([*cmd, "--gpus", "1"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert "given 1 GPU(s)" in proc.stderr and "refusing to search on CPU" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+    proc = subprocess.run(
+        [*cmd, "--gpus", "1", "--device", "cpu"], env=env, capture_output=True, text=True
+    )
+    assert "refusing" not in proc.stderr and "file is missing" in proc.stderr  # went on

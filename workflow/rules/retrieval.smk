@@ -79,10 +79,13 @@ rule search:
             f"--shard {shlex.quote(s[: -len('.npy')])}" for s in input.shards
         ),
         queries=lambda wc, input: input.queries[: -len(".npy")],
+        device=DEVICE,
+        gpus=lambda wc, resources: resources.get("gpu", 0),
     shell:
         "{params.py:q} {params.script:q} --queries {params.queries:q} {params.shard_args} "
         "--top-k {params.top_k:q} {params.identical} --tag {wildcards.model:q} "
-        "--run {output.run:q} --trec {output.trec:q} --threads {threads:q} 2> {log:q}"
+        "--run {output.run:q} --trec {output.trec:q} --device {params.device:q} "
+        "--gpus {params.gpus:q} --threads {threads:q} 2> {log:q}"
 
 
 rule bm25:

@@ -143,8 +143,9 @@ def load_encoder(spec: ModelSpec, device: str | torch.device = "cpu", offline: b
     return tokenizer, model
 
 
-def choose_device(requested: str, gpus: int, cuda_available: bool) -> str:
-    """The device an encoding job runs on, or an InputError before any work is done.
+def choose_device(requested: str, gpus: int, cuda_available: bool, what: str = "encode") -> str:
+    """The device an encoding (or search: `what`) job runs on, or an InputError before
+    any work is done.
 
     requested: the config's `device` (auto | cuda | cpu); gpus: the GPUs the job was
     given (the rule's resources.gpu). A job given GPUs that sees no CUDA is a
@@ -163,9 +164,10 @@ def choose_device(requested: str, gpus: int, cuda_available: bool) -> str:
     if gpus > 0:
         raise InputError(
             f"this job was given {gpus} GPU(s) (resources gpu={gpus}) but CUDA is not "
-            "visible (torch.cuda.is_available() is False: check the partition, the job's "
-            "--gpus and CUDA_VISIBLE_DEVICES); refusing to encode on CPU. To encode on CPU "
-            "on purpose, set `device: cpu` in the config or give the rule gpu=0."
+            "visible (check the partition, the job's --gpus, CUDA_VISIBLE_DEVICES and, for "
+            f"search, that FAISS is the GPU build faiss-gpu); refusing to {what} on CPU. "
+            f"To {what} on CPU on purpose, set `device: cpu` in the config or give the rule "
+            "gpu=0."
         )
     if requested == "cuda":
         raise InputError("device: cuda, but CUDA is not visible (torch.cuda.is_available())")

@@ -22,10 +22,13 @@ from ..io import RUN_SCHEMA, write_table, write_text
 log = logging.getLogger(__name__)
 
 
+def faiss_gpu_available() -> bool:
+    """True when this FAISS build has GPU support and sees a GPU."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
 def _gpu_resources():
-    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
-        return faiss.StandardGpuResources()
-    return None
+    return faiss.StandardGpuResources() if faiss_gpu_available() else None
 
 
 def _search_block(doc_emb: np.ndarray, query_emb: np.ndarray, k: int, gpu_res) -> tuple:
