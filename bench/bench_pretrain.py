@@ -10,12 +10,12 @@ the demo's tiny BERT (demo-world corpus) and all-MiniLM-L6-v2 (10k Wikipedia lea
 each tokenised with its model's tokenizer), fp32 and bf16 autocast, MoCo (queue 4096
 for tiny, 8192 for MiniLM), 32 pairs per step, 256-token chunks, crops of 5-50% plus
 10% token deletion (the paper's recipe), DataLoader workers 2, subnormals flushed to zero
-as train.py does by default; plus workers 0 for the data-loading check, and fp32 with
+as the training loop does by default; plus workers 0 for the data-loading check, and fp32 with
 subnormals left on (`flush_denormal: false`) for what that mode is worth (see VARIANTS). Each runs
 `pretrain(..., stop_at=warmup + steps)` with `log_every = 1`: the first `warmup`
 records (first allocations, DataLoader start-up) are left out and the others, merged
 exactly (each is a per-step average), are the measured window; one record per step
-also gives the spread of the step time. Timed by train.py itself: data (waiting for
+also gives the spread of the step time. Timed by the training loop itself: data (waiting for
 the batch), forward, backward, optimiser; "other" is the rest of the step.
 
 Output: bench_pretrain.json and bench_pretrain.md (tables + the GPU-hours estimate).
@@ -281,7 +281,7 @@ def worker(variant: str, data: dict, warmup: int, steps: int, threads: int, work
 
 
 def param_counts(config) -> dict:
-    """Parameters of a BERT encoder without pooler (as train.load_init_model builds it),
+    """Parameters of a BERT encoder without pooler (as training.loop.load_init_model builds it),
     all and non-embedding, from its config alone: built on the meta device."""
     import torch
     from transformers import BertModel
@@ -402,7 +402,7 @@ def report(results: list[dict], est: dict, args, wall: float, waited: float) -> 
         f"{args.steps} measured steps after {args.warmup} excluded warm-up steps; "
         f"{BATCH} pairs per step, chunks of {CHUNK}, crop 5-50% + delete 10%; queue "
         f"{QUEUE['tiny']} (tiny) / {QUEUE['minilm']} (MiniLM). seq/s counts both views "
-        "of a pair (as train.py does); tok/s counts non-padding tokens. Step: mean "
+        "of a pair (as the training loop does); tok/s counts non-padding tokens. Step: mean "
         "(min-max over steps); parts: ms per step (% of step). Peak RSS: the training "
         "process (a DataLoader worker peaks at a few hundred MiB more, see the JSON). "
         "Loss / accuracy: last step (random lr-warm-up start: a sanity check only, "
@@ -438,7 +438,7 @@ def report(results: list[dict], est: dict, args, wall: float, waited: float) -> 
                 f"false`) backward takes {1000 * r['backward_s']:.0f} ms per step (steps "
                 f"from {1000 * min(r['per_step']['step_s']):.0f} to "
                 f"{1000 * max(r['per_step']['step_s']):.0f} ms); flushed to zero as "
-                f"train.py does by default ({ftz['variant']}) it takes "
+                f"the training loop does by default ({ftz['variant']}) it takes "
                 f"{1000 * ftz['backward_s']:.0f} ms and the step is "
                 f"{r['step_s'] / ftz['step_s']:.2f}x faster (last loss {ftz['loss']:.4f} vs "
                 f"{r['loss']:.4f}). fp32 arithmetic on subnormal numbers (from the softmax "

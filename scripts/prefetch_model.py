@@ -7,8 +7,7 @@ jobs (encoding, tokenisation, pre-training) load only this folder, offline.
 import argparse
 
 from contriever_repro.cli import run_main
-from contriever_repro.models.spec import prefetch_model
-from contriever_repro.plan import HubSource
+from contriever_repro.models.hub import HubSource, prefetch_model
 
 
 def main():

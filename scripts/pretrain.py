@@ -3,7 +3,7 @@
 Exit status 75 means the run stopped early on SIGUSR1/SIGTERM or its time limit after
 writing a checkpoint: running the same command again (Snakemake's retry, a SLURM
 requeue) continues it exactly. Exit status 2 is bad input (configuration, data, a run
-folder in use), which no retry fixes: later attempts stop at once (train.pretrain).
+folder in use), which no retry fixes: later attempts stop at once (training.loop.pretrain).
 """
 
 import argparse

@@ -4,7 +4,7 @@ so that tokenisation runs as N cluster jobs and every training rank gets whole f
 import argparse
 
 from contriever_repro.cli import run_main
-from contriever_repro.training.shards import split_text_file
+from contriever_repro.data.corpora import split_text_file
 
 
 def main():

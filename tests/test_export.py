@@ -18,7 +18,8 @@ import torch
 from contriever_repro.data.demo_world import DemoWorld
 from contriever_repro.errors import InputError
 from contriever_repro.io import write_table
-from contriever_repro.models.spec import ModelSpec, export, load_encoder
+from contriever_repro.models import export
+from contriever_repro.models.spec import ModelSpec, load_encoder
 from contriever_repro.models.tiny_bert import build_tiny_bert
 from contriever_repro.retrieval.encode import encode_texts
 from contriever_repro.training.contrastive import Encoder, InBatch

@@ -96,3 +96,24 @@ def test_md5_from_a_wikimedia_style_listing():
         md5_from_listing(listing, "other.bz2", "md5sums.txt")
     with pytest.raises(InputError, match=r"md5sums.txt:1: not an md5"):
         md5_from_listing("xyz  a.bz2\n", "a.bz2", "md5sums.txt")
+
+
+def test_job_resources_layer_shape_placement_overrides_and_defaults():
+    from contriever_repro.errors import InputError
+    from contriever_repro.training.launch import job_resources, slurm_resources
+
+    shape = slurm_resources(4, 8, "cuda", 5)
+    out = job_resources(
+        "big",
+        shape,
+        {"slurm_partition": "gpu", "slurm_account": "acct"},
+        {"constraint": "a100", "qos": "long", "slurm_extra": "--exclusive", "mem_mb": 400000},
+        {"mem_mb": 16000, "runtime": 4320},
+    )
+    assert out["nodes"] == 4 and out["tasks"] == 4 and out["mpi"] == "srun"
+    assert out["constraint"] == "a100" and out["qos"] == "long"  # passed through, not dropped
+    assert out["slurm_extra"].endswith("--signal=USR1@600 --exclusive")
+    assert out["mem_mb"] == 400000 and out["runtime"] == 4320
+    assert out["slurm_partition"] == "gpu" and out["slurm_account"] == "acct"
+    with pytest.raises(InputError, match=r"resources\.pretrain\.gpu: .*pretraining\.big\.nodes"):
+        job_resources("big", shape, {}, {"gpu": 2}, {})

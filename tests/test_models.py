@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from contriever_repro.errors import InputError
+from contriever_repro.models.hub import prefetch_model
 from contriever_repro.models.spec import (
     ModelSpec,
     choose_device,
     load_encoder,
     pool,
-    prefetch_model,
 )
 from contriever_repro.plan import HubSource
 

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import contriever_repro
+from contriever_repro.data.corpora import split_text_file
 from contriever_repro.errors import InputError
 from contriever_repro.training.augment import ViewMaker
 from contriever_repro.training.shards import (
@@ -30,7 +31,6 @@ from contriever_repro.training.shards import (
     check_tokenizer,
     find_shards,
     shards_for_rank,
-    split_text_file,
     tokenize_text_file,
     tokenizer_identity,
 )

@@ -495,8 +495,8 @@ def test_real_wikipedia_text_with_minilm(real_text, minilm_path, tmp_path):
 
 def test_two_cpu_processes_under_torchrun(world, tmp_path):
     """The distributed path (DDP, gathered keys, per-rank checkpoints) on 2 gloo processes."""
+    from contriever_repro.data.corpora import split_text_file
     from contriever_repro.training.launch import launch_prefix
-    from contriever_repro.training.shards import split_text_file
 
     tokenizer = load_tokenizer(world["model"])
     shards = tmp_path / "shards"
@@ -534,7 +534,7 @@ def test_two_nodes_in_one_slurm_step_stop_on_sigusr1_with_a_checkpoint(world, tm
     "nodes" on this host, CPU processes."""
     import psutil
 
-    from contriever_repro.training.shards import split_text_file
+    from contriever_repro.data.corpora import split_text_file
 
     tokenizer = load_tokenizer(world["model"])
     shards = tmp_path / "shards"

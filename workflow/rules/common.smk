@@ -53,6 +53,11 @@ wildcard_constraints:
     figure=plan.REPORT_KEYS["figures"],
 
 
+def one_of(names):
+    """Wildcard constraint matching exactly these names (none: matches nothing)."""
+    return "|".join(map(re.escape, names)) or "^$"
+
+
 def res(rule_name, key, fallback=None):
     """Resource `key` of a rule from config.resources (its `default` block as fallback)."""
     table = config.get("resources", {})
@@ -334,29 +339,35 @@ def pretrain_launch(name, resources):
     )
 
 
-# The experiment's shape decides these; config.resources.pretrain may set the rest.
-PRETRAIN_SHAPE = ("nodes", "gpu", "gpus", "gres", "tasks", "tasks_per_node", "mpi")
-
-
 def pretrain_resources(name):
     cfg = experiment(name)
-    out = launch.slurm_resources(
-        cfg.nodes, cfg.gpus_per_node, cfg.device, cfg.num_workers
+    return launch.job_resources(
+        name,
+        launch.slurm_resources(
+            cfg.nodes, cfg.gpus_per_node, cfg.device, cfg.num_workers
+        ),
+        slurm_placement(gpu=True),
+        config.get("resources", {}).get("pretrain", {}),
+        {key: res("pretrain", key) for key in ("mem_mb", "runtime")},
     )
-    extra = dict(config.get("resources", {}).get("pretrain", {}))
-    for key in PRETRAIN_SHAPE:
-        if key in extra:
-            raise plan.InputError(
-                f"resources.pretrain.{key}: the nodes and GPUs of a pre-training job "
-                f"come from pretraining.{name}.nodes / gpus_per_node / device"
-            )
-    if extra.get("slurm_extra") and out.get("slurm_extra"):
-        extra["slurm_extra"] = f"{out['slurm_extra']} {extra['slurm_extra']}"
-    out.update(extra)
-    for key in ("mem_mb", "runtime"):
-        if key not in out and res("pretrain", key) is not None:
-            out[key] = res("pretrain", key)
-    return out
+
+
+# Every resource name a pre-training job can have (the rule's resources are static
+# names; each job leaves out what it does not use: None).
+PRETRAIN_RESOURCE_KEYS = sorted(
+    {
+        "nodes",
+        "gpu",
+        "mpi",
+        "tasks",
+        "slurm_extra",
+        "cpus_per_task",
+        "mem_mb",
+        "runtime",
+    }
+    | set(plan.slurm_placement(config, gpu=True))
+    | set(config.get("resources", {}).get("pretrain", {}))
+)
 
 
 def time_limit_arg(wildcards, resources):

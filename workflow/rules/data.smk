@@ -91,7 +91,7 @@ rule download_corpus:
     log:
         f"{WORK}/logs/download_corpus/{{corpus}}/{{filename}}.log",
     wildcard_constraints:
-        corpus="|".join(map(re.escape, CORPORA)) or "^$",
+        corpus=one_of(CORPORA),
         filename=r"[^/]+",
     # Never repeated by Snakemake (not even with a profile's `retries`): the download
     # retries transient network errors itself, with backoff and resuming; a 404 or a
@@ -121,7 +121,7 @@ rule prepare_corpus:
     log:
         f"{WORK}/logs/prepare_corpus/{{corpus}}.log",
     wildcard_constraints:
-        corpus="|".join(map(re.escape, CORPORA)) or "^$",
+        corpus=one_of(CORPORA),
     threads: 8
     resources:
         **rule_resources("prepare_corpus"),
@@ -142,7 +142,7 @@ rule split_corpus:
     log:
         f"{WORK}/logs/split_corpus/{{corpus}}.log",
     wildcard_constraints:
-        corpus="|".join(map(re.escape, CORPORA)) or "^$",
+        corpus=one_of(CORPORA),
     resources:
         **rule_resources("split_corpus"),
     params:

@@ -10,7 +10,7 @@ rule build_tiny_bert:
     log:
         f"{WORK}/logs/build_tiny_bert/{{name}}.log",
     wildcard_constraints:
-        name="|".join(config.get("tiny_berts", {})) or "^$",
+        name=one_of(config.get("tiny_berts") or {}),
     params:
         py=PY,
         script=f"{SCRIPTS}/build_tiny_bert.py",
@@ -30,7 +30,7 @@ rule prefetch_model:
     log:
         f"{WORK}/logs/prefetch_model/{{repo}}.log",
     wildcard_constraints:
-        repo="|".join(map(re.escape, HUB)) or "^$",
+        repo=one_of(HUB),
     params:
         py=PY,
         script=f"{SCRIPTS}/prefetch_model.py",
@@ -57,7 +57,7 @@ rule model_card:
     log:
         f"{WORK}/logs/model_card/{{name}}.log",
     wildcard_constraints:
-        name="|".join(map(re.escape, PRETRAINING)) or "^$",
+        name=one_of(PRETRAINING),
     params:
         py=PY,
         script=f"{SCRIPTS}/model_card.py",

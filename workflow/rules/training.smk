@@ -15,8 +15,8 @@ rule tokenize_piece:
     log:
         f"{WORK}/logs/tokenize/{{tok}}/{{corpus}}.{{piece}}.log",
     wildcard_constraints:
-        corpus="|".join(map(re.escape, CORPORA)) or "^$",
-        tok="|".join(map(re.escape, TOKENIZERS)) or "^$",
+        corpus=one_of(CORPORA),
+        tok=one_of(TOKENIZERS),
         piece=r"\d\d\d+",
     resources:
         **rule_resources("tokenize"),
@@ -44,23 +44,18 @@ rule pretrain:
         # attempt's log is appended to {WORK}/pretrain/{name}/logs/train.log.
         f"{WORK}/logs/pretrain/{{name}}.log",
     wildcard_constraints:
-        name="|".join(map(re.escape, PRETRAINING)) or "^$",
+        name=one_of(PRETRAINING),
     # Retries resume after a pre-emption or time limit (exit 75). An error no retry can
     # fix is recorded in the run folder and ends later attempts at once; a changed
     # configuration is refused when the DAG is built (check_run_folder).
     retries: max([plan.pretrain_config(config, n).max_restarts for n in PRETRAINING] or [0])
     resources:
-        **slurm_placement(gpu=True),
-        # nodes, cpus_per_task, gpu (one node) or mpi/tasks/slurm_extra (several):
-        # launch.slurm_resources; None leaves a resource out.
-        nodes=lambda wc: pretrain_resources(wc.name)["nodes"],
-        gpu=lambda wc: pretrain_resources(wc.name).get("gpu"),
-        mpi=lambda wc: pretrain_resources(wc.name).get("mpi"),
-        tasks=lambda wc: pretrain_resources(wc.name).get("tasks"),
-        slurm_extra=lambda wc: pretrain_resources(wc.name).get("slurm_extra"),
-        cpus_per_task=lambda wc: pretrain_resources(wc.name)["cpus_per_task"],
-        mem_mb=lambda wc: pretrain_resources(wc.name).get("mem_mb", 16000),
-        runtime=lambda wc: pretrain_resources(wc.name).get("runtime", 60),
+        # launch.job_resources: nodes, CPUs, gpu (one node) or mpi/tasks/slurm_extra
+        # (several), partition, memory, time and whatever resources.pretrain adds.
+        **{
+            key: (lambda wc, key=key: pretrain_resources(wc.name).get(key))
+            for key in PRETRAIN_RESOURCE_KEYS
+        },
         attempt=lambda wc, attempt: attempt,
     params:
         launch=lambda wc, resources: pretrain_launch(wc.name, resources),

@@ -1,7 +1,7 @@
 """Raw pre-training corpora to "one document per line" UTF-8 text files.
 
 Contriever pre-trains on English Wikipedia and CC-100 text; the tokeniser step
-(`pretrain_data.tokenize_text_file`) expects one document per line. This module makes
+(`training.shards.tokenize_text_file`) expects one document per line. This module makes
 those files from the raw downloads:
 
 * `wikipedia_to_lines`: a `*-pages-articles-multistream.xml.bz2` dump, one article per
@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from ..errors import InputError
-from ..io import atomic_path
+from ..io import atomic_dir, atomic_path
 from ..progress import fmt_seconds
 
 _logger = logging.getLogger(__name__)
@@ -564,3 +564,71 @@ __all__ = [
     "text_to_lines",
     "wikipedia_to_lines",
 ]
+
+
+def split_text_file(text_path: str | Path, n_shards: int, out_dir: str | Path) -> list[Path]:
+    """Split a text file into `n_shards` line-aligned pieces, like `split -n l/N`.
+
+    Piece k ends at the first newline at or after byte k·(size // N) − 1 (GNU split's
+    rule), so lines are never cut and the result depends only on the bytes. Pieces are
+    named `<stem>.000<suffix>`, ... inside `out_dir`, which is replaced as a whole
+    (atomically) so a failed split leaves no partial pieces. Raises InputError when the
+    file has too few lines for every piece to be non-empty.
+    """
+    text_path = Path(text_path)
+    out_dir = Path(out_dir)
+    if n_shards < 1:
+        raise ValueError(f"n_shards must be >= 1, got {n_shards}")
+    if not text_path.is_file():
+        raise InputError("file does not exist", text_path)
+    size = text_path.stat().st_size
+    if size == 0:
+        raise InputError("empty file: nothing to split", text_path)
+    ends = _line_split_ends(text_path, size, n_shards)
+    starts = [0, *ends[:-1]]
+    if any(e <= s for s, e in zip(starts, ends, strict=True)):
+        raise InputError(
+            f"too few lines to split into {n_shards} non-empty line-aligned pieces; "
+            "use fewer shards",
+            text_path,
+        )
+    width = max(3, len(str(n_shards - 1)))
+    names = [f"{text_path.stem}.{k:0{width}d}{text_path.suffix}" for k in range(n_shards)]
+    with atomic_dir(out_dir) as tmp, open(text_path, "rb") as src:
+        for name, start, end in zip(names, starts, ends, strict=True):
+            src.seek(start)
+            with open(tmp / name, "wb") as dst:
+                _copy_bytes(src, dst, end - start)
+    return [out_dir / name for name in names]
+
+
+def _line_split_ends(path: Path, size: int, n: int) -> list[int]:
+    # A line crossing several nominal boundaries leaves the pieces in between empty,
+    # as in GNU split; the caller rejects that.
+    with open(path, "rb") as f:
+        ends = [_after_newline(f, max(k * (size // n) - 1, 0), size) for k in range(1, n)]
+    return [*ends, size]
+
+
+def _after_newline(f, pos: int, size: int, block: int = 1 << 16) -> int:
+    """Offset just past the first b'\\n' at or after `pos` (or `size` if there is none)."""
+    while pos < size:
+        f.seek(pos)
+        buf = f.read(block)
+        i = buf.find(b"\n")
+        if i >= 0:
+            return pos + i + 1
+        pos += len(buf)
+    return size
+
+
+def _copy_bytes(src, dst, n: int, block: int = 16 << 20) -> None:
+    while n > 0:
+        buf = src.read(min(block, n))
+        if not buf:
+            raise OSError("file shrank while being split")
+        dst.write(buf)
+        n -= len(buf)
+
+
+# --------------------------------------------------------------------------- reading

@@ -6,13 +6,22 @@ work_dir/models/hub/<slug> at its `revision`; cluster jobs then read that folder
 
 from __future__ import annotations
 
+import json
+import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..errors import InputError
+from ..io import atomic_dir, write_text
 
 COMMIT_HASH = re.compile(r"[0-9a-f]{40}")
 WORKFLOW_PREFIX = "workflow:"  # a model folder built by this workflow (plan.workflow_model_name)
 SLUG_SEP = "--"
+log = logging.getLogger(__name__)
+HUB_IGNORE = ["*.h5", "*.msgpack", "*.onnx", "*.ot", "flax_model*", "tf_model*", "onnx/*"]
+PREFETCH_RECORD = "prefetch.json"
 
 
 def is_hub_id(source: str) -> bool:
@@ -64,3 +73,50 @@ def revision_warning(source: HubSource) -> str | None:
             "not a 40-character commit hash: results are not pinned"
         )
     return None
+
+
+def hub_snapshot(repo_id: str, revision: str | None, local_dir: Path) -> str:
+    """Download one commit of a hub model into local_dir; return that commit's hash.
+
+    The revision (branch, tag or commit) is resolved to a commit first and exactly that
+    commit is downloaded, so the record names what was fetched.
+    """
+    from huggingface_hub import HfApi, snapshot_download
+
+    commit = HfApi().model_info(repo_id, revision=revision).sha
+    snapshot_download(repo_id, revision=commit, local_dir=local_dir, ignore_patterns=HUB_IGNORE)
+    return commit
+
+
+def prefetch_model(
+    source: HubSource,
+    out_dir: str | Path,
+    download: Callable[[str, str | None, Path], str] = hub_snapshot,
+) -> Path:
+    """Fetch a hub model into `out_dir` (atomically) for offline cluster jobs.
+
+    `download(repo_id, revision, folder)` fills the folder and returns the commit it
+    fetched (the default is the hub; tests pass a fake). The folder appears only once
+    the download is complete, holds `prefetch.json` (repo, requested revision, commit)
+    and must load offline with AutoModel; otherwise nothing is left at `out_dir`.
+    """
+    out_dir = Path(out_dir)
+    repo_id, revision = source.repo_id, source.revision
+    what = f"{repo_id} ({', '.join(source.users)})"
+    warning = revision_warning(source)
+    if warning:
+        log.warning("%s", warning)
+    with atomic_dir(out_dir) as tmp:
+        commit = download(repo_id, revision, tmp)
+        if revision is not None and COMMIT_HASH.fullmatch(revision) and commit != revision:
+            raise InputError(f"{what}: asked for commit {revision} but got {commit}")
+        # The prefetched folder must be loadable by the cluster jobs, which run offline.
+        from .spec import ModelSpec, load_encoder
+
+        load_encoder(ModelSpec(name=repo_id, source=str(tmp)), offline=True)
+        record = {"repo_id": repo_id, "revision": revision, "commit": commit}
+        write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", tmp / PREFETCH_RECORD)
+    if warning:
+        log.warning("%s: fetched commit %s; pin it with `revision: %s`", what, commit, commit)
+    log.info("%s: commit %s -> %s", what, commit, out_dir)
+    return out_dir

@@ -9,9 +9,7 @@ no L2 normalisation, dot product, 512 tokens, "title text" passages.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +17,6 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from ..io import atomic_dir, write_text
-from .hub import COMMIT_HASH, HubSource, revision_warning
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +25,6 @@ SCORE_FUNCTIONS = ("dot", "cos_sim")
 DTYPES = ("fp32", "fp16", "bf16")
 DEVICES = ("auto", "cuda", "cpu")
 # Weights for other frameworks that a hub repository may carry: never needed here.
-HUB_IGNORE = ["*.h5", "*.msgpack", "*.onnx", "*.ot", "flax_model*", "tf_model*", "onnx/*"]
-PREFETCH_RECORD = "prefetch.json"
 
 
 @dataclass(frozen=True)
@@ -170,53 +164,8 @@ def choose_device(requested: str, gpus: int, cuda_available: bool, what: str = "
             "gpu=0."
         )
     if requested == "cuda":
-        raise InputError("device: cuda, but CUDA is not visible (torch.cuda.is_available())")
+        raise InputError(f"device: cuda, but CUDA is not visible: cannot {what} on a GPU")
     return "cpu"
-
-
-def hub_snapshot(repo_id: str, revision: str | None, local_dir: Path) -> str:
-    """Download one commit of a hub model into local_dir; return that commit's hash.
-
-    The revision (branch, tag or commit) is resolved to a commit first and exactly that
-    commit is downloaded, so the record names what was fetched.
-    """
-    from huggingface_hub import HfApi, snapshot_download
-
-    commit = HfApi().model_info(repo_id, revision=revision).sha
-    snapshot_download(repo_id, revision=commit, local_dir=local_dir, ignore_patterns=HUB_IGNORE)
-    return commit
-
-
-def prefetch_model(
-    source: HubSource,
-    out_dir: str | Path,
-    download: Callable[[str, str | None, Path], str] = hub_snapshot,
-) -> Path:
-    """Fetch a hub model into `out_dir` (atomically) for offline cluster jobs.
-
-    `download(repo_id, revision, folder)` fills the folder and returns the commit it
-    fetched (the default is the hub; tests pass a fake). The folder appears only once
-    the download is complete, holds `prefetch.json` (repo, requested revision, commit)
-    and must load offline with AutoModel; otherwise nothing is left at `out_dir`.
-    """
-    out_dir = Path(out_dir)
-    repo_id, revision = source.repo_id, source.revision
-    what = f"{repo_id} ({', '.join(source.users)})"
-    warning = revision_warning(source)
-    if warning:
-        log.warning("%s", warning)
-    with atomic_dir(out_dir) as tmp:
-        commit = download(repo_id, revision, tmp)
-        if revision is not None and COMMIT_HASH.fullmatch(revision) and commit != revision:
-            raise InputError(f"{what}: asked for commit {revision} but got {commit}")
-        # The prefetched folder must be loadable by the cluster jobs, which run offline.
-        load_encoder(ModelSpec(name=repo_id, source=str(tmp)), offline=True)
-        record = {"repo_id": repo_id, "revision": revision, "commit": commit}
-        write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", tmp / PREFETCH_RECORD)
-    if warning:
-        log.warning("%s: fetched commit %s; pin it with `revision: %s`", what, commit, commit)
-    log.info("%s: commit %s -> %s", what, commit, out_dir)
-    return out_dir
 
 
 def pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor, method: str) -> torch.Tensor:

@@ -79,7 +79,7 @@ class PretrainConfig:
     gpus_per_node: int = 8
     num_workers: int = 5
     max_restarts: int = 20
-    # CPU only: flush subnormal floats to zero (train.flush_denormals). fp32 backward
+    # CPU only: flush subnormal floats to zero (loop.flush_denormals). fp32 backward
     # through MoCo's softmax at τ = 0.05 makes subnormals, which x86 cores compute on a
     # slow path: backward 6.7x, a whole MiniLM step 2.7x slower (bench/bench_pretrain.py).
     # GPUs flush anyway; values under 1.2e-38 cannot change a trained encoder.

@@ -33,7 +33,7 @@ from ..errors import InputError
 
 RDZV_PORT = 29500  # + SLURM job id mod 1000: two jobs sharing a node do not collide
 STOP_LEAD_S = 600  # = scripts/pretrain.py's default --stop-margin-min (10)
-PREEMPTED_EXIT_CODE = 75  # train.PREEMPTED_EXIT_CODE, without importing torch here
+PREEMPTED_EXIT_CODE = 75  # loop.PREEMPTED_EXIT_CODE, without importing torch here
 
 
 def launch_prefix(
@@ -92,6 +92,32 @@ def slurm_resources(nodes: int, gpus_per_node: int, device: str, workers: int) -
         "cpus_per_task": cpus,
         "slurm_extra": " ".join(extra),
     }
+
+
+# The experiment's shape (nodes, gpus_per_node, device) decides these.
+JOB_SHAPE = ("nodes", "gpu", "gpus", "gres", "tasks", "tasks_per_node", "mpi")
+
+
+def job_resources(name: str, shape: dict, placement: dict, overrides: dict, defaults: dict) -> dict:
+    """Every resource of one pre-training job: the shape (slurm_resources), then the
+    account/partition (`placement`), then what `resources.pretrain` sets (`overrides`:
+    memory, time, CPUs, constraint, qos, partition ... anything but the shape; its
+    slurm_extra is appended to the shape's), then memory and time from `defaults`."""
+    for key in JOB_SHAPE:
+        if key in overrides:
+            raise InputError(
+                f"resources.pretrain.{key}: the nodes and GPUs of a pre-training job "
+                f"come from pretraining.{name}.nodes / gpus_per_node / device"
+            )
+    out = {**shape, **placement}
+    extra = dict(overrides)
+    if extra.get("slurm_extra") and out.get("slurm_extra"):
+        extra["slurm_extra"] = f"{out['slurm_extra']} {extra['slurm_extra']}"
+    out.update(extra)
+    for key in ("mem_mb", "runtime"):
+        if key not in out and defaults.get(key) is not None:
+            out[key] = defaults[key]
+    return out
 
 
 # --------------------------------------------------------------------------- per node
@@ -177,7 +203,7 @@ def node_main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     # SLURM's SIGUSR1 reaches every process of the step. torchrun must outlive the
     # trainers' checkpoint: it ignores the signal, and the trainers inherit the ignored
-    # disposition until they install their own handler (train.StopFlag).
+    # disposition until they install their own handler (loop.StopFlag).
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run

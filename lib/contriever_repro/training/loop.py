@@ -2,7 +2,7 @@
 
 One function, `pretrain`, runs on 1 CPU process, 1 GPU, or N processes launched by
 `torchrun` (the process group comes from torchrun's environment; NCCL on GPUs, gloo on
-CPU). What it adds to the building blocks (pretrain_data, augment, contrastive, optim):
+CPU). What it adds to the building blocks (shards, augment, contrastive, optim):
 
 * Checks before any GPU time: the shards' tokenizer equals the model's, the MoCo queue
   is a multiple of the global micro-batch, a required checkpoint exists, and a resumed

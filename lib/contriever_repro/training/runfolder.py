@@ -2,7 +2,7 @@
 made with, how its attempts ended, and where their logs go. No torch here: the Snakefile
 reads the same records at start-up, on the submit host.
 
-Files (besides checkpoints/ and metrics.jsonl, see train.py and checkpoint.py)::
+Files (besides checkpoints/ and metrics.jsonl, see loop.py and checkpoint.py)::
 
     .lock             flock'ed by the one process allowed to write the folder (rank 0);
                       it holds the holder's pid, host and SLURM job for the message a
