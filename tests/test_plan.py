@@ -370,3 +370,12 @@ def test_model_card_cells_are_the_evaluations_of_the_exported_model():
     ]
     assert model_card_cells(config, "run2") == [("other", "c")]
     assert model_card_cells(config, "nothing") == []
+
+
+def test_model_location_is_the_built_or_prefetched_folder(tmp_path):
+    from contriever_repro.plan import model_location
+
+    assert model_location("workflow:contriever", "w") == "w/models/contriever"
+    assert model_location("facebook/contriever", "w") == "w/models/hub/facebook--contriever"
+    assert model_location("bert-base-uncased", "w") == "w/models/hub/bert-base-uncased"
+    assert model_location(str(tmp_path), "w") is None  # a local folder is read in place

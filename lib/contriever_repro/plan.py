@@ -219,6 +219,16 @@ def convert_mem_mb(corpus_bytes: int | None, attempt: int = 1, fallback: int = 8
     return int(base * 2 ** (max(attempt, 1) - 1))
 
 
+def model_location(source: str, work_dir: str) -> str | None:
+    """The folder jobs load a model (or tokenizer) `source` from: the one a rule of this
+    workflow builds (`workflow:<name>`), or the hub snapshot rule prefetch_model fetches;
+    None for a local folder, read in place."""
+    built = workflow_model_name(source)
+    if built:
+        return f"{work_dir}/models/{built}"
+    return f"{work_dir}/models/hub/{hub_slug(source)}" if is_hub_id(source) else None
+
+
 def table_cells(table: dict) -> list[tuple[str, str]]:
     """(model, dataset) pairs whose metrics a table or figure needs computed: every
     computed column, and every point of a queue-sweep figure's series, on every data set."""

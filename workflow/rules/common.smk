@@ -109,21 +109,11 @@ if workflow.is_main_process:
             print(f"warning: {_warning}", file=sys.stderr)
 
 
-def hub_folder(source):
-    """The prefetched folder of a hub id, or None for anything else."""
-    return (
-        f"{WORK}/models/hub/{plan.hub_slug(source)}" if plan.is_hub_id(source) else None
-    )
-
-
 def model_folder(model):
     """The local folder a dense model is loaded from: built by this workflow, or its
     hub snapshot prefetched by rule prefetch_model; [] for a local folder (read in place).
     """
-    built = plan.workflow_model_name(model_cfg(model).get("source", ""))
-    if built:
-        return [f"{WORK}/models/{built}"]
-    folder = hub_folder(model_cfg(model).get("source", ""))
+    folder = plan.model_location(model_cfg(model).get("source", ""), WORK)
     return [folder] if folder else []
 
 
@@ -268,11 +258,8 @@ def tokenizer_source(tok):
 
 def tokenizer_input(tok):
     """The tokenizer's folder: built by this workflow or prefetched from the hub."""
-    src = TOKENIZERS[tok]["source"]
-    built = plan.workflow_model_name(src)
-    if built:
-        return [f"{WORK}/models/{built}"]
-    return [hub_folder(src)] if hub_folder(src) else []
+    folder = plan.model_location(TOKENIZERS[tok]["source"], WORK)
+    return [folder] if folder else []
 
 
 def shard_files(tok, corpus):
@@ -315,8 +302,7 @@ def check_run_folder(name):
 def pretrain_init(name):
     """The init model's folder: built by this workflow or prefetched from the hub."""
     init = experiment(name).init
-    built = plan.workflow_model_name(init)
-    return f"{WORK}/models/{built}" if built else (hub_folder(init) or init)
+    return plan.model_location(init, WORK) or init
 
 
 def pretrain_sources(name):
