@@ -5,6 +5,7 @@ Schemas (IDs are always strings):
   queries (query_id, text)
   qrels   (query_id, doc_id, relevance)
   run     (query_id, doc_id, rank, score)
+  records (query_id, positive_ids list, negative_ids list, negative_kind): training queries
   metrics long form (model, dataset, split, metric, value, ...)
 """
 
@@ -39,12 +40,23 @@ RUN_SCHEMA = pa.schema(
         ("score", pa.float32()),
     ]
 )
+# One row per fine-tuning query; a fixed schema so an all-empty list column is still
+# list<string> (inferred, it would be list<null>).
+RECORDS_SCHEMA = pa.schema(
+    [
+        ("query_id", pa.string()),
+        ("positive_ids", pa.list_(pa.string())),
+        ("negative_ids", pa.list_(pa.string())),
+        ("negative_kind", pa.string()),
+    ]
+)
 
 SCHEMAS = {
     "corpus": CORPUS_SCHEMA,
     "queries": QUERIES_SCHEMA,
     "qrels": QRELS_SCHEMA,
     "run": RUN_SCHEMA,
+    "records": RECORDS_SCHEMA,
 }
 
 
