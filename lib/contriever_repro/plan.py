@@ -170,6 +170,10 @@ def hub_sources(config: dict) -> dict[str, HubSource]:
         init = pretrain_config(config, name).init
         if is_hub_id(init):
             uses.setdefault(init, []).append((f"pretraining.{name}.init", None))
+    for name in config.get("finetuning") or {}:
+        init = finetune_config(config, name).init
+        if is_hub_id(init):
+            uses.setdefault(init, []).append((f"finetuning.{name}.init", None))
     out = {}
     for repo_id, users in uses.items():
         pins = {key: rev for key, rev in users if rev}
@@ -414,3 +418,71 @@ def check_pretraining(config: dict) -> None:
     """Validate every experiment at start-up, so a typo fails `snakemake -n`, not a job."""
     for name in config.get("pretraining") or {}:
         pretrain_config(config, name)
+
+
+def finetune_config(config: dict, name: str):
+    """The typed experiment `finetuning.<name>`, checked against the rest of the config:
+    its data set (one collection, not a group of sub-forums), its init (a model built
+    here must be built by some rule), and the phase-1 experiment that mines for it."""
+    from .training.config import FinetuneConfig
+
+    experiments = config.get("finetuning") or {}
+    if name not in experiments:
+        raise InputError(f"finetuning.{name}: not defined (known: {sorted(experiments)})")
+    cfg = FinetuneConfig.from_dict(name, experiments[name])
+    where = f"finetuning.{name}"
+    datasets = config.get("datasets") or {}
+    if cfg.data not in datasets:
+        raise InputError(
+            f"{where}.data: '{cfg.data}' is not defined under datasets (known: {sorted(datasets)})"
+        )
+    if (datasets[cfg.data] or {}).get("subsets"):
+        raise InputError(
+            f"{where}.data: '{cfg.data}' is a group of sub-collections; "
+            "fine-tuning needs one collection"
+        )
+    built = workflow_model_name(cfg.init)
+    builders = {
+        **(config.get("pretraining") or {}),
+        **experiments,
+        **(config.get("tiny_berts") or {}),
+    }
+    if built is not None and built not in builders:
+        raise InputError(
+            f"{where}.init: workflow:{built} is built by no pre-training, "
+            "fine-tuning or tiny_berts entry"
+        )
+    if built == name:
+        raise InputError(f"{where}.init: an experiment cannot start from its own model")
+    if cfg.mined_by is not None:
+        if cfg.mined_by not in experiments:
+            raise InputError(
+                f"{where}.mined_by: '{cfg.mined_by}' is not a fine-tuning experiment "
+                f"(known: {sorted(experiments)})"
+            )
+        mining_model(config, name, cfg.mined_by)
+    return cfg
+
+
+def mining_model(config: dict, name: str, miner: str) -> str:
+    """The `models` entry that encodes with the phase-1 model `miner` (its encoding
+    settings are the mining's): the one whose source is `workflow:<miner>`."""
+    for model, cfg in (config.get("models") or {}).items():
+        if isinstance(cfg, dict) and cfg.get("source") == f"{WORKFLOW_PREFIX}{miner}":
+            return model
+    raise InputError(
+        f"finetuning.{name}.mined_by: no entry under models has source "
+        f"'{WORKFLOW_PREFIX}{miner}'; add one (its pooling, lengths and batch size are "
+        "used to encode the collection and the training queries for mining)"
+    )
+
+
+def check_finetuning(config: dict) -> None:
+    """Validate every fine-tuning experiment at start-up; a name may be built once."""
+    pretraining = set(config.get("pretraining") or {})
+    for name in config.get("finetuning") or {}:
+        if name in pretraining:
+            raise InputError(
+                f"finetuning.{name}: also a pretraining experiment; both would write models/{name}"
+            )
+        finetune_config(config, name)

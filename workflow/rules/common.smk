@@ -6,6 +6,7 @@ import re
 import shlex
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 
@@ -359,3 +360,122 @@ PRETRAIN_RESOURCE_KEYS = sorted(
 def time_limit_arg(wildcards, resources):
     runtime = resources.get("runtime")
     return f"--time-limit-min {shlex.quote(str(runtime))}" if runtime else ""
+
+
+# ------------------------------------------------------------ fine-tuning helpers
+
+FINETUNING = config.get("finetuning") or {}
+plan.check_finetuning(config)
+
+
+def finetune_experiment(name):
+    return plan.finetune_config(config, name)
+
+
+def dataset_folder(dataset):
+    """The BEIR-format folder of a (single-collection) data set, as converted."""
+    return unit_source_folder(SimpleNamespace(unit=dataset))
+
+
+def training_tables(dataset, split):
+    base = f"{WORK}/finetune/data/{dataset}/{split}"
+    return {
+        "queries": f"{base}/queries.parquet",
+        "records": f"{base}/records.parquet",
+    }
+
+
+def training_source_input(wildcards):
+    """What the training-split conversion reads: the data set's folder (downloaded or
+    generated), or the queries and qrels files of a local folder (edits re-run it)."""
+    u = UNITS[wildcards.dataset]
+    if u.source == "local":
+        return [f"{u.path}/queries.jsonl", f"{u.path}/qrels/{wildcards.split}.tsv"]
+    return unit_source_input(SimpleNamespace(unit=wildcards.dataset))
+
+
+def model_source_folder(source):
+    """The folder a model `source` is read from (built, prefetched or local)."""
+    return plan.model_location(source, WORK) or source
+
+
+def mined_file(name):
+    return f"{WORK}/finetune/mined/{name}.parquet"
+
+
+def finetune_inputs(name):
+    """Named inputs of a fine-tuning job; optional ones only where the experiment uses
+    them (phase 2: mined negatives and the phase-1 model; few-shot: a dev split)."""
+    cfg = finetune_experiment(name)
+    files = {
+        "corpus": unit_tables(cfg.data)["corpus"],
+        **training_tables(cfg.data, cfg.train_split),
+    }
+    init = model_source_folder(cfg.init)
+    if init != cfg.init:
+        files["init"] = init
+    if cfg.mined_by:
+        files["mined"] = mined_file(name)
+        files["mined_by_model"] = f"{WORK}/models/{cfg.mined_by}"
+    if cfg.dev_split:
+        dev = training_tables(cfg.data, cfg.dev_split)
+        files["dev_queries"], files["dev_records"] = dev["queries"], dev["records"]
+    return files
+
+
+def finetune_args(wildcards, input):
+    """Optional arguments of the fine-tuning script, each value quoted."""
+    flags = {
+        "mined": "--mined",
+        "mined_by_model": "--mined-by-model",
+        "dev_queries": "--dev-queries",
+        "dev_records": "--dev-records",
+    }
+    return " ".join(
+        f"{flag} {shlex.quote(str(input[key]))}"
+        for key, flag in flags.items()
+        if key in input.keys()
+    )
+
+
+def finetune_resources(name):
+    cfg = finetune_experiment(name)
+    return launch.job_resources(
+        name,
+        launch.slurm_resources(
+            cfg.nodes, cfg.gpus_per_node, cfg.device, cfg.num_workers
+        ),
+        slurm_placement(gpu=True),
+        config.get("resources", {}).get("finetune", {}),
+        {key: res("finetune", key) for key in ("mem_mb", "runtime")},
+    )
+
+
+def finetune_launch(name, resources):
+    cfg = finetune_experiment(name)
+    return launch.launch_prefix(
+        PY,
+        cfg.nodes,
+        cfg.gpus_per_node,
+        cpus_per_node=resources.get("cpus_per_task", 1),
+        device=cfg.device,
+        mpi=resources.get("mpi") or "srun",
+    )
+
+
+FINETUNE_RESOURCE_KEYS = sorted(
+    set(PRETRAIN_RESOURCE_KEYS) | set(config.get("resources", {}).get("finetune", {}))
+)
+
+
+def mining_inputs(name):
+    """Phase 2's mining: the phase-1 model, its embeddings of the collection (the
+    sharded encoding jobs), the training queries and records."""
+    cfg = finetune_experiment(name)
+    miner_model = plan.mining_model(config, name, cfg.mined_by)
+    return {
+        "model": f"{WORK}/models/{cfg.mined_by}",
+        "shards": corpus_shards(miner_model, cfg.data),
+        "corpus": unit_tables(cfg.data)["corpus"],
+        **training_tables(cfg.data, cfg.train_split),
+    }

@@ -152,3 +152,32 @@ rule split_corpus:
     shell:
         "{params.py:q} {params.script:q} --input {input:q} --pieces {params.pieces:q} "
         "--out {output:q} 2> {log:q}"
+
+
+# ------------------------------------------------------------ fine-tuning data
+
+
+# A data set's training (or dev) split as training records: each query with its judged
+# positives, checked against the collection the evaluation converted (a positive that
+# is not a passage of it is an error naming the qrels line). Code: data/training_sets.py.
+rule training_set:
+    input:
+        source=training_source_input,
+        corpus=lambda wc: unit_tables(wc.dataset)["corpus"],
+    output:
+        queries=f"{WORK}/finetune/data/{{dataset}}/{{split}}/queries.parquet",
+        records=f"{WORK}/finetune/data/{{dataset}}/{{split}}/records.parquet",
+    log:
+        f"{WORK}/logs/training_set/{{dataset}}.{{split}}.log",
+    wildcard_constraints:
+        split=r"[A-Za-z0-9_\-]+",
+    resources:
+        **rule_resources("convert"),
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/training_set.py",
+        folder=lambda wc: dataset_folder(wc.dataset),
+    shell:
+        "{params.py:q} {params.script:q} --folder {params.folder:q} --split {wildcards.split:q} "
+        "--corpus {input.corpus:q} --out-queries {output.queries:q} "
+        "--out-records {output.records:q} 2> {log:q}"

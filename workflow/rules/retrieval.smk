@@ -111,3 +111,47 @@ rule bm25:
         "--queries {input.queries:q} --top-k {params.top_k:q} {params.identical} "
         "--tag {wildcards.model:q} --run {output.run:q} --trec {output.trec:q} "
         "--threads {threads:q} 2> {log:q}"
+
+
+# Hard negatives for a phase-2 fine-tuning: the phase-1 model's embeddings of the
+# collection (encode_corpus shards), its encoding of the training queries, exact
+# search, judged positives dropped, ranks kept as configured; plus a mining report.
+# Code: lib/contriever_repro/retrieval/mining.py.
+rule mine_negatives:
+    input:
+        unpack(lambda wc: mining_inputs(wc.name)),
+    output:
+        mined=f"{WORK}/finetune/mined/{{name}}.parquet",
+        report=f"{RESULTS}/mining/{{name}}.md",
+        plot=f"{RESULTS}/mining/{{name}}.png",
+    log:
+        f"{WORK}/logs/mine_negatives/{{name}}.log",
+    wildcard_constraints:
+        name=one_of(n for n in FINETUNING if (FINETUNING[n] or {}).get("mined_by")),
+    threads: res("search", "cpus_per_task", 1)
+    resources:
+        **rule_resources("search"),
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/mine_negatives.py",
+        spec=lambda wc: model_spec_json(
+            plan.mining_model(config, wc.name, finetune_experiment(wc.name).mined_by)
+        ),
+        shard_args=lambda wc, input: " ".join(
+            f"--shard {shlex.quote(s[: -len('.npy')])}" for s in input.shards
+        ),
+        depth=lambda wc: finetune_experiment(wc.name).mining_depth,
+        rank_min=lambda wc: finetune_experiment(wc.name).mining_rank_min,
+        rank_max=lambda wc: finetune_experiment(wc.name).mining_rank_max,
+        per_query=lambda wc: finetune_experiment(wc.name).mining_per_query or 0,
+        seed=lambda wc: finetune_experiment(wc.name).seed,
+        device=DEVICE,
+        gpus=lambda wc, resources: resources.get("gpu", 0),
+    shell:
+        "{params.py:q} {params.script:q} --spec {params.spec:q} --source {input.model:q} "
+        "--queries {input.queries:q} --records {input.records:q} {params.shard_args} "
+        "--corpus {input.corpus:q} --depth {params.depth:q} --rank-min {params.rank_min:q} "
+        "--rank-max {params.rank_max:q} --per-query {params.per_query:q} "
+        "--seed {params.seed:q} --device {params.device:q} --gpus {params.gpus:q} "
+        "--threads {threads:q} --out {output.mined:q} --report {output.report:q} "
+        "--plot {output.plot:q} 2> {log:q}"

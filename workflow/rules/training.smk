@@ -70,3 +70,39 @@ rule pretrain:
         "--experiment {params.experiment:q} --init {params.init:q} {params.sources} "
         "--run-dir {params.run_dir:q} --export {output:q} --attempt {resources.attempt:q} "
         "{params.time_limit} 2> {log:q}"
+
+
+# Supervised fine-tuning (paper A.2, A.3): the same engine and run-folder discipline as
+# pre-training (resume, exit 75 on pre-emption, failed.json), on a data set's training
+# records; phase 2 adds the negatives mined by its phase-1 model (rule mine_negatives).
+# Code: lib/contriever_repro/training/finetune.py.
+rule finetune:
+    input:
+        unpack(lambda wc: finetune_inputs(wc.name)),
+    output:
+        directory(f"{WORK}/models/{{name}}"),
+    log:
+        f"{WORK}/logs/finetune/{{name}}.log",
+    wildcard_constraints:
+        name=one_of(FINETUNING),
+    retries: max([finetune_experiment(n).max_restarts for n in FINETUNING] or [0])
+    resources:
+        **{
+            key: (lambda wc, key=key: finetune_resources(wc.name).get(key))
+            for key in FINETUNE_RESOURCE_KEYS
+        },
+        attempt=lambda wc, attempt: attempt,
+    params:
+        launch=lambda wc, resources: finetune_launch(wc.name, resources),
+        script=f"{SCRIPTS}/finetune.py",
+        experiment=lambda wc: json.dumps(FINETUNING[wc.name] or {}, sort_keys=True),
+        init=lambda wc: model_source_folder(finetune_experiment(wc.name).init),
+        run_dir=lambda wc: f"{WORK}/finetune/runs/{wc.name}",
+        args=finetune_args,
+        time_limit=time_limit_arg,
+    shell:
+        "{params.launch} {params.script:q} --name {wildcards.name:q} "
+        "--experiment {params.experiment:q} --init {params.init:q} "
+        "--corpus {input.corpus:q} --queries {input.queries:q} --records {input.records:q} "
+        "{params.args} --run-dir {params.run_dir:q} --export {output:q} "
+        "--attempt {resources.attempt:q} {params.time_limit} 2> {log:q}"

@@ -95,22 +95,7 @@ class PretrainConfig:
     @classmethod
     def from_dict(cls, name: str, spec: Mapping[str, Any] | None) -> PretrainConfig:
         """Build from the config mapping; any unknown key or bad value names its key."""
-        spec = dict(spec or {})
-        where = f"pretraining.{name}"
-        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "name"}
-        unknown = sorted(set(spec) - set(fields))
-        if unknown:
-            raise InputError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
-        if "sources" in spec:
-            sources = spec["sources"]
-            if isinstance(sources, str) or not isinstance(sources, list | tuple) or not sources:
-                raise InputError(f"{where}.sources: expected a non-empty list of corpus names")
-            spec["sources"] = tuple(str(s) for s in sources)
-        for key, value in spec.items():
-            _check_type(where, key, value, fields[key].type)
-        cfg = cls(name=name, **spec)
-        cfg.validate()
-        return cfg
+        return _from_mapping(cls, "pretraining", name, spec)
 
     def validate(self) -> None:
         where = f"pretraining.{self.name}"
@@ -120,47 +105,20 @@ class PretrainConfig:
 
         choices = {
             "objective": OBJECTIVES,
-            "precision": PRECISIONS,
-            "schedule": SCHEDULES,
             "view_method": METHODS,
             "augmentation": AUGMENTATIONS,
-            "pooling": POOLINGS,
-            "device": ("cuda", "cpu"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise bad(key, f"must be one of {list(allowed)}")
-        positive = (
-            "chunk_length",
-            "steps",
-            "batch_size_per_device",
-            "grad_accumulation",
-            "nodes",
-            "gpus_per_node",
-            "log_every",
-            "checkpoint_every",
-            "keep_every",
-            "keep_last",
-            "queue_size",
+        _check_common(
+            self,
+            where,
+            positive=("chunk_length", "queue_size"),
+            unit=("momentum", "augmentation_prob"),
         )
-        for key in positive:
-            if getattr(self, key) < 1:
-                raise bad(key, "must be >= 1")
-        for key in ("lr", "temperature", "eps"):
-            if getattr(self, key) <= 0:
-                raise bad(key, "must be > 0")
-        for key in ("warmup_steps", "num_workers", "max_restarts", "weight_decay", "seed"):
-            if getattr(self, key) < 0:
-                raise bad(key, "must be >= 0")
-        for key in ("momentum", "beta1", "beta2", "lr_min_ratio", "augmentation_prob"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise bad(key, "must be in [0, 1]")
         if not 0.0 < self.ratio_min <= self.ratio_max <= 1.0:
             raise bad("ratio_min", "need 0 < ratio_min <= ratio_max <= 1")
-        if self.schedule != "constant" and self.warmup_steps >= self.steps:
-            raise bad("warmup_steps", f"must be smaller than steps ({self.steps})")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise bad("max_grad_norm", "must be > 0 or null")
         if self.chunk_length < 4:
             raise bad("chunk_length", "must be >= 4")
 
@@ -207,6 +165,247 @@ class PretrainConfig:
         out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         out["sources"] = list(self.sources)
         return out
+
+
+OPTIMIZERS = ("asam", "adamw")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """One supervised fine-tuning run (config `finetuning.<name>`): in-batch negatives
+    plus `n_negatives` extra negatives per query, on a data set's training split.
+
+    Defaults are the paper's MS MARCO phase 1 (appendix A.2): ASAM, lr 1e-5, τ 0.05,
+    batch 1024 (64 per GPU on 2 nodes x 8 GPUs), 20k steps, one random negative per
+    query. Phase 2 sets `mined_by` (the phase-1 experiment whose model mines the hard
+    negatives) and `hard_ratio: 0.1`. Few-shot runs (A.3) set `epochs`, a dev set
+    (`dev_split` or `dev_holdout`) and `eval_every`: the model kept is the best on dev.
+    Choices the paper leaves open are documented in docs/finetuning.md.
+    """
+
+    name: str
+    # what to train from and on (resolved to folders by the workflow)
+    init: str = "workflow:contriever"
+    data: str = "msmarco"  # a `datasets` key whose (BEIR) folder has the training split
+    train_split: str = "train"
+    # negatives
+    n_negatives: int = 1
+    hard_ratio: float = 0.0
+    mined_by: str | None = None  # phase-1 experiment that mines the hard negatives
+    mining_depth: int = 100
+    mining_rank_min: int = 10
+    mining_rank_max: int = 100
+    mining_per_query: int | None = None  # None: every hit in the rank range
+    # dev selection (few-shot)
+    dev_split: str | None = None
+    dev_holdout: float = 0.0  # share of the training queries held out as dev
+    eval_every: int = 100
+    eval_metric: str = "ndcg@10"
+    patience: int | None = None  # evaluations without improvement before stopping
+    epochs: int | None = None  # set: steps = ceil(epochs x training queries / batch)
+    # model and objective
+    pooling: str = "mean"
+    norm_query: bool = False
+    norm_doc: bool = False
+    temperature: float = 0.05
+    label_smoothing: float = 0.0
+    dropout: float = 0.1
+    max_query_length: int = 256
+    max_passage_length: int = 256
+    normalize_text: bool = False
+    # optimisation
+    optimizer: str = "asam"
+    rho: float = 0.05
+    eta: float = 0.01
+    steps: int = 20000
+    warmup_steps: int = 1000
+    schedule: str = "linear"
+    lr: float = 1e-5
+    lr_min_ratio: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    decay_norm_and_bias: bool = True
+    max_grad_norm: float | None = None
+    batch_size_per_device: int = 64
+    grad_accumulation: int = 1
+    precision: str = "fp32"
+    seed: int = 0
+    # launch
+    device: str = "cuda"
+    nodes: int = 2
+    gpus_per_node: int = 8
+    num_workers: int = 4
+    max_restarts: int = 20
+    flush_denormal: bool = True
+    # bookkeeping
+    log_every: int = 100
+    checkpoint_every: int = 1000
+    keep_every: int = 10000
+    keep_last: int = 2
+
+    @classmethod
+    def from_dict(cls, name: str, spec: Mapping[str, Any] | None) -> FinetuneConfig:
+        """Build from the config mapping; any unknown key or bad value names its key."""
+        return _from_mapping(cls, "finetuning", name, spec)
+
+    def validate(self) -> None:
+        where = f"finetuning.{self.name}"
+
+        def bad(key: str, why: str) -> InputError:
+            return InputError(f"{where}.{key}: {why} (got {getattr(self, key)!r})")
+
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", f"must be one of {list(OPTIMIZERS)}")
+        _check_common(
+            self,
+            where,
+            positive=(
+                "max_query_length",
+                "max_passage_length",
+                "eval_every",
+                "mining_depth",
+                "mining_rank_min",
+                "mining_rank_max",
+            ),
+            unit=("hard_ratio", "dropout", "dev_holdout"),
+        )
+        for key in ("n_negatives",):
+            if getattr(self, key) < 0:
+                raise bad(key, "must be >= 0")
+        for key in ("epochs", "patience", "mining_per_query"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise bad(key, "must be >= 1 or null")
+        if self.optimizer == "asam":
+            if self.rho <= 0:
+                raise bad("rho", "must be > 0")
+            if self.eta < 0:
+                raise bad("eta", "must be >= 0")
+            if self.precision == "fp16":
+                raise bad("precision", "ASAM needs unscaled gradients: use bf16 or fp32")
+        if self.hard_ratio > 0 and self.mined_by is None:
+            raise bad("hard_ratio", "hard negatives need `mined_by` (the phase-1 experiment)")
+        if self.mined_by is not None and self.n_negatives < 1:
+            raise bad("n_negatives", "mined negatives need at least one negative per query")
+        if not self.mining_rank_min <= self.mining_rank_max <= self.mining_depth:
+            raise bad(
+                "mining_rank_min",
+                f"need mining_rank_min <= mining_rank_max ({self.mining_rank_max}) <= "
+                f"mining_depth ({self.mining_depth})",
+            )
+        if self.dev_split is not None and self.dev_holdout > 0:
+            raise bad("dev_holdout", "give either dev_split or dev_holdout, not both")
+        if self.dev_holdout >= 1:
+            raise bad("dev_holdout", "must be < 1")
+        if self.patience is not None and not self.has_dev:
+            raise bad("patience", "early stopping needs a dev set (dev_split or dev_holdout)")
+
+    # ------------------------------------------------------------------ derived values
+
+    @property
+    def has_dev(self) -> bool:
+        return self.dev_split is not None or self.dev_holdout > 0
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    def global_batch(self, world_size: int | None = None) -> int:
+        world = self.world_size if world_size is None else world_size
+        return self.batch_size_per_device * world * self.grad_accumulation
+
+    def mining(self) -> dict:
+        """The mining settings (they name the mined file's identity)."""
+        return {
+            "depth": self.mining_depth,
+            "rank_min": self.mining_rank_min,
+            "rank_max": self.mining_rank_max,
+            "per_query": self.mining_per_query,
+            "seed": self.seed,
+        }
+
+    def training_dict(self) -> dict:
+        """Everything that changes the trained weights: the identity a resume checks."""
+        skip = {
+            "name",
+            "num_workers",
+            "max_restarts",
+            "log_every",
+            "checkpoint_every",
+            "keep_every",
+            "keep_last",
+            "nodes",
+            "gpus_per_node",
+            "device",
+            "flush_denormal",
+        }
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+
+def _from_mapping(cls, section: str, name: str, spec: Mapping[str, Any] | None):
+    """A config dataclass from `<section>.<name>`: unknown keys, wrong types and bad
+    values are errors that name the key."""
+    spec = dict(spec or {})
+    where = f"{section}.{name}"
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "name"}
+    unknown = sorted(set(spec) - set(fields))
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    if "sources" in spec:
+        sources = spec["sources"]
+        if isinstance(sources, str) or not isinstance(sources, list | tuple) or not sources:
+            raise InputError(f"{where}.sources: expected a non-empty list of corpus names")
+        spec["sources"] = tuple(str(s) for s in sources)
+    for key, value in spec.items():
+        _check_type(where, key, value, fields[key].type)
+    cfg = cls(name=name, **spec)
+    cfg.validate()
+    return cfg
+
+
+def _check_common(cfg, where: str, positive: tuple[str, ...], unit: tuple[str, ...]) -> None:
+    """Checks every training experiment shares: choices, signs and ranges."""
+
+    def bad(key: str, why: str) -> InputError:
+        return InputError(f"{where}.{key}: {why} (got {getattr(cfg, key)!r})")
+
+    choices = {
+        "precision": PRECISIONS,
+        "schedule": SCHEDULES,
+        "pooling": POOLINGS,
+        "device": ("cuda", "cpu"),
+    }
+    for key, allowed in choices.items():
+        if getattr(cfg, key) not in allowed:
+            raise bad(key, f"must be one of {list(allowed)}")
+    common_positive = (
+        "steps",
+        "batch_size_per_device",
+        "grad_accumulation",
+        "nodes",
+        "gpus_per_node",
+        "log_every",
+        "checkpoint_every",
+        "keep_every",
+        "keep_last",
+    )
+    for key in common_positive + positive:
+        if getattr(cfg, key) < 1:
+            raise bad(key, "must be >= 1")
+    for key in ("lr", "temperature", "eps"):
+        if getattr(cfg, key) <= 0:
+            raise bad(key, "must be > 0")
+    for key in ("warmup_steps", "num_workers", "max_restarts", "weight_decay", "seed"):
+        if getattr(cfg, key) < 0:
+            raise bad(key, "must be >= 0")
+    for key in ("beta1", "beta2", "lr_min_ratio", "label_smoothing") + unit:
+        if not 0.0 <= getattr(cfg, key) <= 1.0:
+            raise bad(key, "must be in [0, 1]")
+    if cfg.schedule != "constant" and cfg.warmup_steps >= cfg.steps:
+        raise bad("warmup_steps", f"must be smaller than steps ({cfg.steps})")
+    if cfg.max_grad_norm is not None and cfg.max_grad_norm <= 0:
+        raise bad("max_grad_norm", "must be > 0 or null")
 
 
 def _check_type(where: str, key: str, value: Any, annotation: str) -> None:

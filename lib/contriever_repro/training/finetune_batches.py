@@ -111,6 +111,9 @@ class TrainingExamples:
     def n_examples(self) -> int:
         return len(self.query_ids)
 
+    def __len__(self) -> int:
+        return self.n_examples
+
     @property
     def n_passages(self) -> int:
         return len(self.passage_ids)

@@ -104,3 +104,20 @@ def build_scheduler(
 ) -> LambdaLR:
     """`LambdaLR` with `lr_multiplier`; call `.step()` after every `optimizer.step()`."""
     return LambdaLR(optimizer, lr_multiplier(kind, warmup_steps, total_steps, lr_min_ratio))
+
+
+def build_optimisation(cfg, model: torch.nn.Module, device: torch.device):
+    """(AdamW, lr schedule, grad scaler) of an experiment; fp16 alone scales the loss."""
+    optimizer = build_optimizer(
+        model,
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        decay_norm_and_bias=cfg.decay_norm_and_bias,
+    )
+    scheduler = build_scheduler(
+        optimizer, cfg.schedule, cfg.warmup_steps, cfg.steps, cfg.lr_min_ratio
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    return optimizer, scheduler, scaler

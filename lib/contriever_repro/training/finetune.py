@@ -1,0 +1,318 @@
+"""Supervised fine-tuning: in-batch negatives plus extra negatives, on the shared engine.
+
+The paper's MS MARCO recipe (appendix A.2) and its few-shot runs (A.3) are the same
+job with other settings (FinetuneConfig):
+
+* phase 1: each query comes with its gold passage and one random passage; every other
+  passage of the global batch (gathered across ranks with gradient) is a negative too
+  (contrastive.InBatch), ASAM, lr 1e-5, τ 0.05;
+* phase 2: the same, with negatives mined by the phase-1 model (retrieval/mining.py)
+  used in `hard_ratio` of the slots; the mined file must come from the phase-1 model
+  the configuration names (its fingerprint is checked before training);
+* few-shot: a small training split, `epochs` instead of steps, and the model selected
+  on a dev set every `eval_every` updates with early stopping (engine.DevSelection).
+
+Data loading, tokenisation and negative sampling are finetune_batches.py; the dev score
+is computed by a function the caller passes (the evaluation stage's in-process scorer),
+so that training does not depend on a later stage of the pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ..data.mined import read_mined
+from ..data.training_sets import holdout_dev
+from ..errors import InputError
+from ..io import atomic_path, read_table
+from ..models.export import METADATA_FILE
+from ..models.fingerprint import check_mined_by
+from .asam import ASAM
+from .checkpoint import Checkpoints
+from .config import FinetuneConfig
+from .contrastive import Encoder, InBatch
+from .engine import (
+    BEST_DIR,
+    DevSelection,
+    Dist,
+    Trainee,
+    _on_main,
+    check_experiment,
+    copy_export,
+    export_hf_folder,
+    guarded_run,
+    latest_checkpoint,
+    load_init_model,
+    load_tokenizer,
+    publish_finished,
+    run_steps,
+    setup_distributed,
+    start_state,
+)
+from .finetune_batches import FinetuneBatches, TrainingExamples, steps_for_epochs
+from .optim import build_optimisation
+from .runfolder import EXPORT_DIR, experiment_record
+
+log = logging.getLogger(__name__)
+
+# (HF model, tokenizer) -> dev score, higher is better (evaluation.quick_eval.dev_scorer)
+DevScorer = Callable[[torch.nn.Module, object], float]
+
+
+@dataclass
+class TrainingData:
+    """A fine-tuning run's data: training examples, the dev tables (or None) and what
+    identifies them (part of the run's identity, so other data is not resumed into)."""
+
+    examples: TrainingExamples
+    dev: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None  # corpus, queries, qrels
+    identity: dict
+
+
+def load_training_data(
+    cfg: FinetuneConfig,
+    corpus: str | Path,
+    queries: str | Path,
+    records: str | Path,
+    mined: str | Path | None = None,
+    mined_by_model: str | Path | None = None,
+    dev_queries: str | Path | None = None,
+    dev_records: str | Path | None = None,
+) -> TrainingData:
+    """Read and check everything a run trains on, before any model is loaded.
+
+    `mined` (phase 2) must have been mined by the model in `mined_by_model`. The dev
+    set is `dev_queries` + `dev_records` (a BEIR dev split) or a seeded hold-out of
+    `cfg.dev_holdout` of the training records (SciFact: 809 → 729 train, 80 dev).
+    """
+    where = f"finetuning.{cfg.name}"
+    if (mined is None) != (cfg.mined_by is None):
+        raise InputError(
+            f"{where}: mined_by is {cfg.mined_by!r} but "
+            + ("no mined negatives were given" if mined is None else "mined negatives were given")
+        )
+    corpus_df = read_table(corpus)
+    queries_df = read_table(queries)
+    records_df = read_table(records)
+    mined_df, mined_meta = None, {}
+    if mined is not None:
+        if mined_by_model is None:
+            raise InputError(f"{where}: the phase-1 model that mined {mined} is needed to check it")
+        check_mined_by(mined, mined_by_model)
+        mined_df, mined_meta = read_mined(mined)
+    dev = None
+    if cfg.dev_holdout > 0:
+        records_df, dev_records_df = holdout_dev(records_df, cfg.dev_holdout, cfg.seed)
+        dev = _dev_tables(corpus_df, queries_df, dev_records_df)
+    elif cfg.dev_split is not None:
+        if dev_queries is None or dev_records is None:
+            raise InputError(f"{where}.dev_split: the dev queries and records were not given")
+        dev = _dev_tables(corpus_df, read_table(dev_queries), read_table(dev_records))
+    examples = TrainingExamples.from_tables(queries_df, corpus_df, records_df, mined_df)
+    identity = {
+        "train_queries": int(len(records_df)),
+        "passages": int(len(corpus_df)),
+        "dev_queries": 0 if dev is None else int(len(dev[1])),
+        "mined_by_fingerprint": mined_meta.get("model_fingerprint"),
+    }
+    return TrainingData(examples, dev, identity)
+
+
+def _dev_tables(corpus, queries, records) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(corpus, queries, binary qrels) of a dev set: each record's positives count 1."""
+    qrels = records[["query_id", "positive_ids"]].explode("positive_ids")
+    qrels = qrels.rename(columns={"positive_ids": "doc_id"}).dropna()
+    qrels = qrels.assign(relevance=1).reset_index(drop=True)
+    dev_queries = queries[queries["query_id"].isin(records["query_id"])].reset_index(drop=True)
+    return corpus, dev_queries, qrels
+
+
+def build_model(cfg: FinetuneConfig, init: str | Path) -> InBatch:
+    """In-batch objective around the init encoder, dropout set as the reference does
+    (`--dropout` written into every Dropout module)."""
+    hf = load_init_model(init)
+    for module in hf.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = cfg.dropout
+    return InBatch(
+        Encoder(hf, pooling=cfg.pooling),
+        temperature=cfg.temperature,
+        norm_query=cfg.norm_query,
+        norm_doc=cfg.norm_doc,
+        label_smoothing=cfg.label_smoothing,
+    )
+
+
+def effective_config(cfg: FinetuneConfig, n_examples: int, world_size: int) -> FinetuneConfig:
+    """`epochs` turned into steps for this training set and global batch."""
+    if cfg.epochs is None:
+        return cfg
+    steps = steps_for_epochs(n_examples, cfg.epochs, cfg.global_batch(world_size))
+    if cfg.schedule != "constant" and cfg.warmup_steps >= steps:
+        raise InputError(
+            f"finetuning.{cfg.name}.warmup_steps: {cfg.warmup_steps} is not below the "
+            f"{steps} steps that {cfg.epochs} epochs of {n_examples} queries make"
+        )
+    return dataclasses.replace(cfg, steps=steps)
+
+
+def finetune(
+    cfg: FinetuneConfig,
+    init: str | Path,
+    data: TrainingData,
+    run_dir: str | Path,
+    export_dir: str | Path | None = None,
+    resume: str = "auto",
+    deadline: float | None = None,
+    device: str | None = None,
+    sync_timing: bool = False,
+    stop_at: int | None = None,
+    attempt: int | None = None,
+    dev_scorer: DevScorer | None = None,
+) -> dict:
+    """Fine-tune `init` on `data` (load_training_data); arguments as loop.pretrain.
+
+    With a dev set, `dev_scorer(hf_model, tokenizer)` is evaluated every
+    `cfg.eval_every` steps; the exported model is the best one on dev.
+    """
+    if resume not in ("auto", "require", "never"):
+        raise ValueError(f"resume must be auto, require or never, got {resume!r}")
+    if (data.dev is None) != (dev_scorer is None) and data.dev is not None:
+        raise InputError(f"finetuning.{cfg.name}: a dev set needs a dev scorer")
+    run_dir = Path(run_dir)
+    env = setup_distributed(device or cfg.device)
+    cfg = effective_config(cfg, len(data.examples), env.world_size)
+    record = experiment_record({**cfg.training_dict(), "data": data.identity}, str(init))
+    return guarded_run(
+        run_dir,
+        env,
+        record,
+        attempt,
+        lambda: _finetune(
+            cfg,
+            init,
+            data,
+            run_dir,
+            env,
+            record,
+            export_dir,
+            resume,
+            deadline,
+            sync_timing,
+            stop_at,
+            dev_scorer,
+        ),  # fmt: skip
+    )
+
+
+def _finetune(
+    cfg: FinetuneConfig,
+    init: str | Path,
+    data: TrainingData,
+    run_dir: Path,
+    env: Dist,
+    record: dict,
+    export_dir: str | Path | None,
+    resume: str,
+    deadline: float | None,
+    sync_timing: bool,
+    stop_at: int | None,
+    dev_scorer: DevScorer | None,
+) -> dict:
+    tokenizer = load_tokenizer(init)
+    ckpts = Checkpoints(run_dir, env.rank, env.world_size)
+    latest = latest_checkpoint(ckpts, resume, run_dir)
+    _on_main(env, lambda: check_experiment(run_dir, cfg.name, record))
+    if stop_at is None and (done := publish_finished(run_dir, cfg, env, export_dir)):
+        return done
+
+    torch.manual_seed(cfg.seed)  # identical initialisation on every rank
+    model = build_model(cfg, init).to(env.device)
+    model.train()
+    optimizer, scheduler, scaler = build_optimisation(cfg, model, env.device)
+    asam = ASAM(optimizer, rho=cfg.rho, eta=cfg.eta) if cfg.optimizer == "asam" else None
+
+    summary = {
+        "name": cfg.name,
+        "stage": "fine-tuning",
+        "steps": cfg.steps,
+        "world_size": env.world_size,
+        "global_batch": cfg.global_batch(env.world_size),
+        "config": cfg.training_dict(),
+        "init": str(init),
+        "data": data.identity,
+    }
+    dev = None
+    if data.dev is not None:
+
+        def save_best(m: torch.nn.Module, step: int, score: float) -> None:
+            meta = {**summary, "step": step, f"dev_{cfg.eval_metric}": score}
+            export_hf_folder(m, tokenizer, run_dir / BEST_DIR, meta)
+
+        dev = DevSelection(
+            every=cfg.eval_every,
+            evaluate=lambda m: dev_scorer(m.encoder.model, tokenizer),
+            save_best=save_best,
+            patience=cfg.patience,
+            metric=cfg.eval_metric,
+        )
+    trainee = Trainee(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        make_batches=lambda start: FinetuneBatches(
+            data.examples,
+            tokenizer,
+            cfg.batch_size_per_device,
+            rank=env.rank,
+            world_size=env.world_size,
+            seed=cfg.seed,
+            start_batch=start,
+            n_negatives=cfg.n_negatives,
+            hard_ratio=cfg.hard_ratio,
+            max_query_length=cfg.max_query_length,
+            max_passage_length=cfg.max_passage_length,
+            normalize_text=cfg.normalize_text,
+            pad_id=tokenizer.pad_token_id or 0,
+        ),
+        asam=asam,
+        dev=dev,
+        describe=f"in-batch + {cfg.n_negatives} negative(s)/query (hard {cfg.hard_ratio}), "
+        f"{cfg.optimizer}, {len(data.examples)} training queries",
+    )
+    step, tracker, _ = start_state(trainee, ckpts, latest, env, run_dir, cfg.seed)
+    step = run_steps(
+        cfg, trainee, env, run_dir, ckpts, step, tracker, deadline, sync_timing, stop_at
+    )
+    finished = step == cfg.steps or tracker.stopped_early
+    summary.update({"step": step, "finished": finished})
+    if dev is not None:
+        summary.update(
+            {
+                "best_step": tracker.best_step,
+                f"best_dev_{cfg.eval_metric}": tracker.best_score,
+                "stopped_early": tracker.stopped_early,
+            }
+        )
+    if export_dir is not None and finished:
+        if env.is_main:
+            kept = run_dir / EXPORT_DIR
+            if dev is None:
+                export_hf_folder(model, tokenizer, kept, summary)
+            else:  # the dev-selected model, with the whole run's record
+                copy_export(run_dir / BEST_DIR, kept)
+                with atomic_path(kept / METADATA_FILE) as tmp:
+                    tmp.write_text(json.dumps(summary, indent=1, default=str) + "\n")
+            copy_export(kept, export_dir)
+            log.info("exported the fine-tuned query encoder to %s (kept in %s)", export_dir, kept)
+        env.barrier()
+    return summary

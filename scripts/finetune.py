@@ -1,0 +1,99 @@
+"""Supervised fine-tuning of one experiment (rule finetune; launched by torchrun).
+
+Exit statuses as scripts/pretrain.py: 75 = stopped early with a checkpoint (a retry
+resumes exactly), 2 = bad input (configuration, data, mined negatives of another
+phase-1 model), which no retry fixes.
+"""
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from contriever_repro.cli import run_main, set_threads
+from contriever_repro.evaluation.quick_eval import dev_scorer
+from contriever_repro.models.spec import ModelSpec
+from contriever_repro.training.config import FinetuneConfig
+from contriever_repro.training.engine import PREEMPTED_EXIT_CODE, Preempted
+from contriever_repro.training.finetune import finetune, load_training_data
+from contriever_repro.training.loop import flush_denormals
+
+log = logging.getLogger("finetune")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--name", required=True, help="experiment name (config.finetuning key)")
+    ap.add_argument("--experiment", required=True, help="config.finetuning entry as JSON")
+    ap.add_argument("--init", required=True, help="HF model folder to start from")
+    ap.add_argument("--corpus", required=True, help="passages parquet (doc_id, title, text)")
+    ap.add_argument("--queries", required=True, help="training queries parquet")
+    ap.add_argument("--records", required=True, help="training records parquet")
+    ap.add_argument("--mined", default=None, help="mined hard negatives parquet (phase 2)")
+    ap.add_argument("--mined-by-model", default=None, help="the phase-1 model folder")
+    ap.add_argument("--dev-queries", default=None, help="dev queries parquet (dev_split)")
+    ap.add_argument("--dev-records", default=None, help="dev records parquet (dev_split)")
+    ap.add_argument("--run-dir", required=True, help="checkpoints and metrics (kept)")
+    ap.add_argument("--export", default=None, help="HF folder to write when training ends")
+    ap.add_argument("--resume", choices=("auto", "require", "never"), default="auto")
+    ap.add_argument("--attempt", type=int, default=None, help="Snakemake's attempt number")
+    ap.add_argument("--time-limit-min", type=float, default=None)
+    ap.add_argument("--stop-margin-min", type=float, default=10.0)
+    ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda if visible)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--summary", default=None, help="JSON summary to write at the end")
+    args = ap.parse_args()
+
+    cfg = FinetuneConfig.from_dict(args.name, json.loads(args.experiment))
+    flush_denormals(cfg)  # before any torch op starts the thread pool
+    set_threads(args.threads)
+    deadline = None
+    if args.time_limit_min:
+        limit, margin = args.time_limit_min, args.stop_margin_min
+        deadline = time.time() + 60 * (limit - margin if limit > 2 * margin else limit / 2)
+    data = load_training_data(
+        cfg,
+        args.corpus,
+        args.queries,
+        args.records,
+        mined=args.mined,
+        mined_by_model=args.mined_by_model,
+        dev_queries=args.dev_queries,
+        dev_records=args.dev_records,
+    )
+    scorer = None
+    if data.dev is not None:
+        # The dev set is encoded as the evaluation encodes the exported model.
+        spec = ModelSpec(
+            name=cfg.name,
+            source=args.init,
+            pooling=cfg.pooling,
+            max_query_length=cfg.max_query_length,
+            max_passage_length=cfg.max_passage_length,
+        )
+        scorer = dev_scorer(spec, *data.dev, metric=cfg.eval_metric)
+    try:
+        summary = finetune(
+            cfg,
+            args.init,
+            data,
+            args.run_dir,
+            export_dir=args.export,
+            resume=args.resume,
+            deadline=deadline,
+            device=args.device,
+            attempt=args.attempt,
+            dev_scorer=scorer,
+        )
+    except Preempted as stop:
+        log.warning("%s", stop)
+        sys.exit(PREEMPTED_EXIT_CODE)
+    if args.summary:
+        from contriever_repro.io import write_text
+
+        write_text(json.dumps(summary, indent=1, default=str) + "\n", args.summary)
+
+
+if __name__ == "__main__":
+    run_main(main)
