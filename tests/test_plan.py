@@ -99,6 +99,35 @@ def test_check_references_names_the_key():
         check_references(cfg)
 
 
+FEWSHOT = {
+    "datasets": ["a", "b"],
+    "columns": [
+        {"name": "BM25", "paper": "bm25"},
+        {"name": "Few-shot", "model": "fs-{dataset}"},
+        {"name": "Plain", "model": "m"},
+    ],
+}
+
+
+def test_table_cells_expand_a_model_template_per_dataset():
+    assert table_cells(FEWSHOT) == [("fs-a", "a"), ("fs-b", "b"), ("m", "a"), ("m", "b")]
+
+
+def test_check_references_checks_each_expanded_template():
+    cfg = {"models": {"m": {}, "fs-a": {}}, "datasets": {"a": {}, "b": {}}, "tables": {}}
+    cfg["tables"]["table3"] = FEWSHOT
+    with pytest.raises(
+        InputError,
+        match=r"tables\.table3\.columns\[1\] \('Few-shot'\): model 'fs-b' \(template "
+        r"'fs-\{dataset\}' for data set 'b'\) is not defined under models",
+    ):
+        check_references(cfg)
+    cfg["models"]["fs-b"] = {}
+    check_references(cfg)
+    # The template itself is not a model name, and needs no entry of its own.
+    assert "fs-{dataset}" not in cfg["models"]
+
+
 SWEEP = {
     "kind": "queue_sweep",
     "metric": "ndcg@10",

@@ -231,6 +231,151 @@ def test_computed_column_without_paper_system():
     assert "| 45.0 |" in built.markdown
 
 
+def test_computed_columns_compete_with_printed_values_only():
+    """A computed column without a paper system is no rival, and its missing cells leave
+    the other computed columns' counts alone."""
+    mine = {("mine", ds, "ndcg@10"): 0.99 for ds in ["msmarco", "trec-covid", "nq"]}
+    metrics = pd.concat([ours_metrics(), metrics_frame(mine)], ignore_index=True)
+    spec = {**SPEC, "columns": [*SPEC["columns"], {"name": "Mine", "model": "mine"}]}
+    long = build_long("toy", spec, metrics, PAPER)
+    assert cell(long, BEST_ON, "Ours")["value"] == 3  # as without Mine
+    assert cell(long, "cqadupstack", "Mine")["source"] == "missing"
+    assert cell(long, BEST_ON, "Mine")["source"] == "missing"
+    # With every cell, Mine beats the printed values of Rival and Ours everywhere: its
+    # 30.0 on cqadupstack ties the printed Ours (30.0); the computed Ours (31.0) is no rival.
+    mine[("mine", "cqadupstack", "ndcg@10")] = 0.30
+    metrics = pd.concat([ours_metrics(), metrics_frame(mine)], ignore_index=True)
+    long = build_long("toy", spec, metrics, PAPER)
+    assert cell(long, BEST_ON, "Mine")["value"] == 4  # printed Ours on cqadupstack: 30.0
+    assert cell(long, BEST_ON, "Ours")["value"] == 3
+    markdown = build_table("toy", spec, metrics, PAPER).markdown
+    assert "never with another computed column" in markdown
+
+
+def test_best_on_without_any_paper_system_compares_computed_columns():
+    """Nothing printed (the demo tables): computed columns rank among themselves."""
+    spec = {
+        **SPEC,
+        "columns": [{"name": "Ours", "model": "ours"}, {"name": "Other", "model": "other"}],
+    }
+    other = {("other", ds, "ndcg@10"): 0.42 for ds in DATASETS}
+    metrics = pd.concat([ours_metrics(), metrics_frame(other)], ignore_index=True)
+    long = build_long("toy", spec, metrics, None)
+    assert cell(long, BEST_ON, "Ours")["value"] == 2  # trec-covid 50, nq 45
+    assert cell(long, BEST_ON, "Other")["value"] == 2  # msmarco 42, cqadupstack 42
+    assert (
+        "the computed columns compete with each other"
+        in build_table("toy", spec, metrics, None).markdown
+    )
+    # A paper system that reports no value for the counted cells prints nothing either.
+    quoting = {**spec, "blocks": [{"metric": "ndcg@100"}]}
+    quoting["columns"] = [{**spec["columns"][0], "paper": "ours"}, spec["columns"][1]]
+    at100 = {(m, d, "ndcg@100"): v for (m, d, _), v in metrics_values(metrics).items()}
+    long = build_long("toy", quoting, metrics_frame(at100), PAPER)
+    assert cell(long, BEST_ON, "Other")["value"] == 2
+    del other[("other", "nq", "ndcg@10")]
+    metrics = pd.concat([ours_metrics(), metrics_frame(other)], ignore_index=True)
+    long = build_long("toy", spec, metrics, None)
+    assert cell(long, BEST_ON, "Ours")["source"] == "missing"
+
+
+def metrics_values(frame: pd.DataFrame) -> dict[tuple[str, str, str], float]:
+    return {(r["model"], r["dataset"], r["metric"]): r["value"] for r in frame.to_dict("records")}
+
+
+def _paper_metrics(paper: dict, model: str, system: str, metric: str, **changed) -> dict:
+    """(model, dataset, metric) -> the paper's value as a fraction; trec-covid's R@100 is
+    the capped recall; `changed` replaces some values (x100, dashes for underscores)."""
+    values = {}
+    for ds, v in paper["systems"][system][metric].items():
+        used = "recall_cap@100" if (metric, ds) == ("recall@100", "trec-covid") else metric
+        values[(model, ds, used)] = changed.get(ds.replace("-", "_"), v) / 100
+    return values
+
+
+def test_table11_computed_bm25_does_not_take_a_win_from_contriever(paper):
+    """Table 11 with a computed BM25 of 77.2 R@100 on NQ, above Contriever's printed 77.1:
+    the released checkpoint (computed, the paper's values) keeps the paper's 10."""
+    spec = yaml.safe_load(TABLES_YAML.read_text(encoding="utf-8"))["tables"]["table11"]
+    values = _paper_metrics(paper, "contriever", "contriever", "recall@100")
+    values |= _paper_metrics(paper, "bm25", "bm25", "recall@100", nq=77.2)
+    long = build_long("table11", spec, metrics_frame(values), paper)
+    contriever = cell(long, BEST_ON, "Contriever", block="recall@100")
+    assert (contriever["value"], contriever["paper_value"]) == (10, 10)
+    # The computed BM25 wins NQ against the printed Contriever: the paper's 3, plus one.
+    assert cell(long, BEST_ON, "BM25 (computed)", block="recall@100")["value"] == 4
+    assert cell(long, BEST_ON, "BM25", block="recall@100")["value"] == 3  # the paper's
+    # The old rule (every column's shown value competes) gave Contriever 9.
+    parsed = parse_table_spec("table11", spec, paper)
+    rows = long[(long["block"] == "recall@100") & (long["row_kind"] == "dataset")]
+    shown = {c.name: list(rows[rows["column"] == c.name]["value"]) for c in parsed.columns}
+    old = best_on_counts(shown, {c.name: c.system for c in parsed.columns})
+    assert old["Contriever"] == 9
+
+
+def test_two_computed_columns_of_one_system_each_keep_the_papers_count(paper):
+    """Table 2b's shape: the released and the reproduced checkpoint both quote
+    contriever-msmarco; neither competes with the other."""
+    config = yaml.safe_load(TABLES_YAML.read_text(encoding="utf-8"))
+    spec = config["tables"]["table2b"]
+    values = _paper_metrics(paper, "contriever-msmarco", "contriever-msmarco", "ndcg@10")
+    # The fine-tuned-here model beats everything everywhere, the released one not.
+    values |= {
+        (m, ds, metric): min(1.0, v + 0.2)
+        for (m, ds, metric), v in _paper_metrics(
+            paper, "contriever-msmarco-ft", "contriever-msmarco", "ndcg@10"
+        ).items()
+    }
+    long = build_long("table2b", spec, metrics_frame(values), paper)
+    assert cell(long, BEST_ON, "Ours (released)")["value"] == 1  # the paper's count
+    assert cell(long, BEST_ON, "Ours (fine-tuned here)")["value"] == 15
+    assert cell(long, BEST_ON, "Ours+CE")["value"] == 9
+
+
+# --------------------------------------------------------------------------- model templates
+
+TEMPLATE_SPEC = {
+    "caption": "Few-shot toy",
+    "blocks": [{"metric": "ndcg@10"}],
+    "datasets": ["nq", "trec-covid"],
+    "columns": [
+        {"name": "Rival", "paper": "rival"},
+        {"name": "Few-shot", "model": "fs-{dataset}", "paper": "ours"},
+    ],
+}
+
+
+def test_model_template_reads_one_model_per_dataset():
+    metrics = metrics_frame(
+        {
+            ("fs-nq", "nq", "ndcg@10"): 0.47,
+            ("fs-trec-covid", "trec-covid", "ndcg@10"): 0.52,
+            ("fs-nq", "trec-covid", "ndcg@10"): 0.99,  # another data set's model: unused
+        }
+    )
+    parsed = parse_table_spec("toy", TEMPLATE_SPEC, PAPER)
+    assert [parsed.columns[1].model_for(d) for d in parsed.datasets] == ["fs-nq", "fs-trec-covid"]
+    long = build_long("toy", TEMPLATE_SPEC, metrics, PAPER)
+    nq, tc = cell(long, "nq", "Few-shot"), cell(long, "trec-covid", "Few-shot")
+    assert (nq["model"], nq["value"], nq["paper_value"]) == ("fs-nq", 47.0, 45.0)
+    assert (tc["model"], tc["value"], tc["run"]) == (
+        "fs-trec-covid",
+        52.0,
+        "runs/fs-trec-covid/trec-covid.parquet",
+    )
+    long = build_long("toy", TEMPLATE_SPEC, metrics.iloc[:1], PAPER)
+    assert cell(long, "trec-covid", "Few-shot")["source"] == "missing"
+
+
+@pytest.mark.parametrize("model", ["fs-{data}", "fs-{dataset}}", "fs-{", "{0}"])
+def test_model_template_allows_only_the_dataset_placeholder(model):
+    columns = [{"name": "Few-shot", "model": model}]
+    with pytest.raises(
+        InputError, match=r"tables\.toy\.columns\[0\] \('Few-shot'\)\.model: .*\{dataset\}"
+    ):
+        parse_table_spec("toy", {**TEMPLATE_SPEC, "columns": columns}, PAPER)
+
+
 # --------------------------------------------------------------------------- wide and markdown
 
 
@@ -415,14 +560,18 @@ def test_paper_results_shape(paper):
     assert len(datasets) == 15
     for table, meta in paper["tables"].items():
         shown = _table_datasets(paper, table)
-        assert shown == [d for d in datasets if d in shown], table  # BEIR names, paper order
+        # BEIR names, each once, in the paper's column order (Table 3's is not BEIR's).
+        assert set(shown) <= set(datasets) and len(set(shown)) == len(shown), table
+        if table != "table3":
+            assert shown == [d for d in datasets if d in shown], table
         for exclude in meta["averages"].values():
             assert set(exclude) < set(shown), table
     for key, system in paper["systems"].items():
         assert system["label"] and system["source"]
         tables = [t for t, meta in paper["tables"].items() if key in meta["systems"]]
         assert tables, key
-        assert sorted(system["averages"]) == sorted(tables)
+        averaged = [t for t in tables if paper["tables"][t]["averages"]]  # Table 3: none
+        assert sorted(system.get("averages", {})) == sorted(averaged), key
         ranked = [t for t in tables if paper["tables"][t]["best_on_exclude"] is not None]
         assert sorted(system.get("best_on", {})) == sorted(ranked), key
         for table in tables:
@@ -436,8 +585,9 @@ def test_paper_results_shape(paper):
                 )
                 assert list(system[metric]) == [d for d in datasets if d in shown], (key, metric)
                 assert all(v is None or 0 <= v <= 100 for v in system[metric].values())
-                reported = system["averages"][table][metric]
-                assert sorted(reported) == sorted(paper["tables"][table]["averages"]), key
+                if table in averaged:
+                    reported = system["averages"][table][metric]
+                    assert sorted(reported) == sorted(paper["tables"][table]["averages"]), key
                 if table in ranked:
                     assert metric in system["best_on"][table]
 
@@ -463,7 +613,7 @@ def test_paper_averages_match_per_dataset_values(paper):
                     mean = sum(values) / len(values)
                     if abs(mean - reported) > 0.1 + 1e-9:
                         off.add((table, key, metric, avg_name))
-    assert checked == 44 + 10  # Tables 2, 10, 11; Tables 6, 7, 8
+    assert checked == 44 + 10 + 2  # Tables 2, 10, 11; Tables 6, 7, 8; Table 9 (3 has none)
     assert off == known
 
 
@@ -530,7 +680,27 @@ ABLATION_ROWS = {
             "ablation-5050": "50/50%\t31.5\t18.6\t23.3\t36.2\t79.1\t22.1\t13.7\t64.1\t34.7",
         },
     ),
+    "table9": (
+        "\tNFCorpus\tNQ\tFiQA\tArguAna\tQuora\tDBPedia\tSciDocs\tFEVER\tOverall",
+        {
+            "bert-ft-ablation": "BERT\t28.2\t44.6\t25.9\t35.0\t84.0\t34.4\t13.0\t69.8\t42.0",
+            "contriever-ft-ablation": (
+                "Contriever\t33.2\t50.2\t28.8\t46.0\t85.4\t38.8\t16.0\t77.7\t46.5"
+            ),
+        },
+    ),
 }
+# Table 3 as the paper text prints it: header, "Additional data" per row, then the values.
+TABLE3_ROWS = (
+    "\tAdditional data\tSciFact\tNFCorpus\tFiQA",
+    {
+        "bm25": "BM25\t-\t66.5\t32.5\t23.6",
+        "fewshot-bert": "BERT\t-\t75.2\t29.9\t26.1",
+        "fewshot-contriever": "Contriever\t-\t84.0\t33.6\t36.4",
+        "fewshot-bert-msmarco": "BERT\tMS MARCO\t80.9\t33.2\t30.9",
+        "fewshot-contriever-msmarco": "Contriever\tMS MARCO\t84.8\t35.8\t38.1",
+    },
+)
 # The paper's column headers, as BEIR data-set names.
 PAPER_COLUMNS = {
     "NFCorpus": "nfcorpus",
@@ -541,6 +711,7 @@ PAPER_COLUMNS = {
     "DBPedia": "dbpedia-entity",
     "SciDocs": "scidocs",
     "FEVER": "fever",
+    "SciFact": "scifact",
 }
 
 
@@ -549,10 +720,37 @@ def test_ablation_rows_are_the_paper_text():
     if not found:
         pytest.skip("paper text not available")
     lines = set(found[0].read_text(encoding="utf-8").splitlines())
-    for table, (header, rows) in ABLATION_ROWS.items():
+    for table, (header, rows) in [*ABLATION_ROWS.items(), ("table3", TABLE3_ROWS)]:
         assert header in lines, table
         for line in rows.values():
             assert line in lines, (table, line)
+    # Tables 3 and 9: the header and rows follow the table's caption, in this order (Table
+    # 9's header is also Table 8's, and "BERT" rows are in Tables 3, 9 and 11).
+    text = found[0].read_text(encoding="utf-8")
+    for number, (header, rows) in [(9, ABLATION_ROWS["table9"]), (3, TABLE3_ROWS)]:
+        start = text.index(f"Table {number}: **")
+        at = [text.index(f"{line}\n", start) for line in (header, *rows.values())]
+        assert at == sorted(at) and at[-1] - at[0] < 500, number
+
+
+def test_table3_is_transcribed_as_printed(paper):
+    header, rows = TABLE3_ROWS
+    datasets = [PAPER_COLUMNS[c] for c in header.split("\t")[2:]]
+    meta = paper["tables"]["table3"]
+    assert meta["datasets"] == datasets == ["scifact", "nfcorpus", "fiqa"]
+    assert meta["systems"] == list(rows)
+    assert meta["metrics"] == ["ndcg@10"]
+    assert (meta["averages"], meta["best_on_exclude"]) == ({}, None)
+    for key, line in rows.items():
+        name, extra, *values = line.split("\t")
+        system = paper["systems"][key]
+        stored = system["ndcg@10"]
+        assert {d: stored[d] for d in datasets} == dict(
+            zip(datasets, [float(v) for v in values], strict=True)
+        ), key
+        # The "Additional data" column: MS MARCO exactly for the -msmarco systems.
+        assert (extra == "MS MARCO") == key.endswith("-msmarco"), key
+        assert "table3" not in system.get("averages", {}), key
 
 
 @pytest.mark.parametrize("table", sorted(ABLATION_ROWS))
@@ -681,7 +879,7 @@ def test_paper_table_specs_reproduce_the_paper_from_paper_valued_metrics(paper):
                 quoted = paper["systems"][col.paper].get(block.metric, {})
                 for ds in parsed.datasets:
                     if quoted.get(ds) is not None:
-                        key = (col.model, ds, block.metric_for(ds))
+                        key = (col.model_for(ds), ds, block.metric_for(ds))
                         assert values.setdefault(key, quoted[ds] / 100) == quoted[ds] / 100, key
     metrics = metrics_frame(values)
     for name, spec in config["tables"].items():

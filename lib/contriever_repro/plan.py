@@ -235,12 +235,15 @@ def model_location(source: str, work_dir: str) -> str | None:
 
 def table_cells(table: dict) -> list[tuple[str, str]]:
     """(model, dataset) pairs whose metrics a table or figure needs computed: every
-    computed column, and every point of a queue-sweep figure's series, on every data set."""
+    computed column, and every point of a queue-sweep figure's series, on every data set.
+    A column's model may be a template: `{dataset}` becomes each row's data set."""
+    from .reporting.tables import expand_model
+
     pairs = []
     datasets = table.get("datasets") or []
     for col in table.get("columns") or []:
         if col.get("model"):
-            pairs.extend((col["model"], ds) for ds in datasets)
+            pairs.extend((expand_model(str(col["model"]), ds), ds) for ds in datasets)
     for series in table.get("series") or []:
         for point in (series.get("points") if isinstance(series, dict) else None) or []:
             if isinstance(point, dict) and point.get("model"):
@@ -286,7 +289,10 @@ def code_version(repo: str | Path = ".") -> str:
 
 def check_references(config: dict) -> None:
     """Fail at start-up, naming the key, when a table or figure names an unknown model or
-    data set (otherwise the error would surface deep inside the DAG, or not at all)."""
+    data set (otherwise the error would surface deep inside the DAG, or not at all). A
+    column's model template is checked for each data set it expands to."""
+    from .reporting.tables import DATASET_PLACEHOLDER, expand_model
+
     models = config.get("models") or {}
     datasets = config.get("datasets") or {}
     for kind in ("tables", "figures"):
@@ -302,11 +308,24 @@ def check_references(config: dict) -> None:
                     )
             for i, col in enumerate(spec.get("columns") or []):
                 model = col.get("model") if isinstance(col, Mapping) else None
-                if model and model not in models:
-                    raise InputError(
-                        f"{where}.columns[{i}]: model '{model}' is not defined under models "
-                        f"(models.{model} missing; known: {sorted(models)})"
-                    )
+                if not model:
+                    continue
+                model = str(model)
+                if DATASET_PLACEHOLDER not in model:
+                    if model not in models:
+                        raise InputError(
+                            f"{where}.columns[{i}]: model '{model}' is not defined under "
+                            f"models (models.{model} missing; known: {sorted(models)})"
+                        )
+                    continue
+                for ds in spec.get("datasets") or []:
+                    expanded = expand_model(model, str(ds))
+                    if expanded not in models:
+                        raise InputError(
+                            f"{where}.columns[{i}] ({col.get('name')!r}): model '{expanded}' "
+                            f"(template '{model}' for data set '{ds}') is not defined under "
+                            f"models (models.{expanded} missing)"
+                        )
             for i, series in enumerate(spec.get("series") or []):
                 points = series.get("points") if isinstance(series, dict) else None
                 for j, point in enumerate(points or []):

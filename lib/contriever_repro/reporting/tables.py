@@ -24,6 +24,8 @@ Table spec (one entry of `tables:` in the config)::
       - {name: BM25, paper: bm25}                          # quoted from the paper
       - {name: "BM25 (computed)", model: bm25, paper: bm25}  # computed, compared to paper
       - {name: Mine, model: my-model}                      # computed, nothing to compare
+      - {name: BERT, model: "fewshot-bert-{dataset}", paper: fewshot-bert}
+                                   # a model per data set: `{dataset}` is the row's name
 
 Conventions, chosen to reproduce the paper's own printed numbers:
 
@@ -33,12 +35,23 @@ Conventions, chosen to reproduce the paper's own printed numbers:
 * Quoted columns show the paper's reported averages and "Best on" counts (looked up by
   average name under `paper_table`); a "-" in the paper stays empty.
 * "Best on" of a computed column counts the data sets (outside `best_on.exclude`) where
-  its value, rounded to the displayed 0.1, is at least every other column's. A column
-  never competes with a column of the same system (same `paper` key, else same model),
-  so a computed BM25 does not take wins from the quoted BM25. Ties credit every tied
-  column, as in the paper's Table 2 (FEVER). Empty quoted cells ("-") do not compete;
-  a missing computed cell makes the computed counts missing. The paper counts MS MARCO
-  in Table 2 and Table 11 but not in Table 10 (see config/paper_results.yaml).
+  its value, rounded to the displayed 0.1, is at least the value the paper printed for
+  every other system shown: a quoted column's value, or the paper value of a computed
+  column that names a `paper` system. It never competes with another column's computed
+  value, so a computed BM25 cannot take a win from the released Contriever, and two
+  computed columns quoting the same system each get the count they would have in the
+  paper's table. A column never competes with its own system (same `paper` key, else
+  same model): a computed BM25 does not take wins from the quoted BM25. Ties credit
+  every tied column, as in the paper's Table 2 (FEVER). Printed "-" cells do not
+  compete. A missing computed cell makes that column's count missing. Quoted columns
+  show the paper's own count. Only when the paper printed none of the counted cells
+  (no column names a paper system, e.g. the demo tables) do computed columns compete
+  with each other's computed values, and then any missing cell makes every count
+  missing. The paper counts MS MARCO in Table 2 and Table 11 but not in Table 10 (see
+  config/paper_results.yaml).
+* A computed column's `model` may hold the placeholder `{dataset}`: each row reads the
+  model named by the template with the row's data set (Table 3 fine-tunes one model per
+  data set). The long form records the expanded model name of each cell.
 * Metric overrides change only what is computed: the paper's Recall@100 on trec-covid
   is already the capped recall, stored under `recall@100`.
 """
@@ -112,6 +125,26 @@ class Column:
     def system(self) -> str:
         """Identity for "Best on": the quoted and computed versions of a system share it."""
         return self.paper if self.paper is not None else f"model:{self.model}"
+
+    def model_for(self, dataset: str) -> str | None:
+        """The model whose metrics fill this column's row `dataset` (None: quoted)."""
+        return None if self.model is None else expand_model(self.model, dataset)
+
+
+DATASET_PLACEHOLDER = "{dataset}"
+
+
+def expand_model(model: str, dataset: str) -> str:
+    """A column's model name for one row: `{dataset}` replaced by the data set."""
+    return model.replace(DATASET_PLACEHOLDER, dataset)
+
+
+def check_model_template(model: str) -> str | None:
+    """Why a column's model name is not a valid template, or None when it is."""
+    rest = model.replace(DATASET_PLACEHOLDER, "")
+    if "{" in rest or "}" in rest:
+        return f"{model!r}: the only placeholder a model name may hold is {DATASET_PLACEHOLDER}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -371,6 +404,10 @@ def parse_table_spec(name: str, spec: Mapping, paper: Mapping | None) -> TableSp
             raise _err(name, key, "names neither `model` (computed) nor `paper` (quoted)")
         if col_name in {c.name for c in columns}:
             raise _err(name, f"{key}.name", f"duplicated column name {col_name!r}")
+        if model is not None:
+            problem = check_model_template(str(model))
+            if problem:
+                raise _err(name, f"{key}.model", problem)
         if paper is not None and system is not None:
             _check_paper_column(name, key, str(system), model is None, systems, blocks, datasets)
         columns.append(
@@ -450,27 +487,34 @@ def round1(x: float | None) -> float:
 
 
 def best_on_counts(
-    cells: Mapping[str, Sequence[float | None]], system_of: Mapping[str, str]
+    cells: Mapping[str, Sequence[float | None]],
+    system_of: Mapping[str, str],
+    rivals: Mapping[str, Sequence[float | None]] | None = None,
 ) -> dict[str, int]:
     """Per column, on how many rows it is the best (after rounding to 0.1).
 
     `cells` maps a column to its values on the counted data sets (None/NaN: does not
-    compete). Columns of the same system do not compete; ties credit every tied column.
+    compete). Each column is compared with `rivals` (default: `cells`): the values other
+    columns compete with, here the paper's printed ones, so that a computed column never
+    competes with another computed column. Columns of the same system do not compete;
+    ties credit every tied column.
     """
+    rivals = cells if rivals is None else rivals
     names = list(cells)
     counts = dict.fromkeys(names, 0)
-    n_rows = {len(v) for v in cells.values()}
+    n_rows = {len(v) for v in (*cells.values(), *rivals.values())}
     if len(n_rows) > 1:
         raise ValueError("every column needs one value per counted data set")
     for i in range(n_rows.pop() if n_rows else 0):
         shown = {c: round1(cells[c][i]) for c in names}
+        against = {o: round1(rivals[o][i]) for o in rivals}
         for c in names:
             if math.isnan(shown[c]):
                 continue
-            rivals = [
-                shown[o] for o in names if system_of[o] != system_of[c] and not math.isnan(shown[o])
+            others = [
+                v for o, v in against.items() if system_of[o] != system_of[c] and not math.isnan(v)
             ]
-            if all(shown[c] >= r for r in rivals):
+            if all(shown[c] >= r for r in others):
                 counts[c] += 1
     return counts
 
@@ -509,9 +553,9 @@ def _dataset_cell(
         return _cell(
             spec, block, ds, "dataset", col, source="paper", value=quoted, paper_value=paper_value
         )
-    used = block.metric_for(ds)
-    rec = _cell(spec, block, ds, "dataset", col, metric=used, paper_value=paper_value)
-    found = index.get((col.model, ds, used))
+    used, model = block.metric_for(ds), col.model_for(ds)
+    rec = _cell(spec, block, ds, "dataset", col, metric=used, paper_value=paper_value, model=model)
+    found = index.get((model, ds, used))
     if found is None:
         rec["source"] = "missing"
         return rec
@@ -545,6 +589,36 @@ def _summary_cell(
     return rec
 
 
+def _best_on_cells(
+    spec: TableSpec, block: Block, cells: Mapping[tuple[str, str], dict], paper: Mapping | None
+) -> list[dict]:
+    """The "Best on" row: each computed column against the paper's printed values of the
+    other systems shown (see the module docstring); quoted columns give the paper's count."""
+    counted = [d for d in spec.datasets if d not in spec.best_on_exclude]
+    printed = {
+        c.name: [cells[(c.name, d)]["paper_value"] for d in counted]
+        for c in spec.columns
+        if c.paper is not None
+    }
+    if all(_nan(v) for vals in printed.values() for v in vals):
+        printed = {}  # nothing printed to compare with: computed columns rank each other
+    values = {c.name: [cells[(c.name, d)]["value"] for d in counted] for c in spec.columns}
+    counts = best_on_counts(values, {c.name: c.system for c in spec.columns}, printed or None)
+
+    def complete(names: Iterable[str]) -> bool:
+        return all(
+            cells[(n, d)]["source"] != "missing" for n, d in itertools.product(names, counted)
+        )
+
+    everyone = complete(c.name for c in spec.columns)
+    rows = []
+    for col in spec.columns:
+        ok = complete([col.name]) if printed else everyone
+        count = float(counts[col.name]) if ok else None
+        rows.append(_summary_cell(spec, block, BEST_ON, "best_on", col, paper, count))
+    return rows
+
+
 def build_long(
     name: str, spec: Mapping | TableSpec, metrics: pd.DataFrame, paper: Mapping | None
 ) -> pd.DataFrame:
@@ -575,18 +649,7 @@ def build_long(
                 rows.append(rec)
 
         if spec.best_on_exclude is not None:
-            counted = [d for d in spec.datasets if d not in spec.best_on_exclude]
-            complete = all(
-                cells[(c.name, d)]["source"] != "missing"
-                for c, d in itertools.product(spec.columns, counted)
-            )
-            counts = best_on_counts(
-                {c.name: [cells[(c.name, d)]["value"] for d in counted] for c in spec.columns},
-                {c.name: c.system for c in spec.columns},
-            )
-            for col in spec.columns:
-                count = float(counts[col.name]) if complete else None
-                rows.append(_summary_cell(spec, block, BEST_ON, "best_on", col, paper, count))
+            rows.extend(_best_on_cells(spec, block, cells, paper))
 
     long = pd.DataFrame(rows, columns=LONG_COLUMNS)
     for col in ("value", "paper_value", "diff"):
@@ -734,10 +797,18 @@ def to_markdown(long: pd.DataFrame, spec: TableSpec, label: str = "") -> str:
         notes.append(f"{avg.name}: mean over the data sets above, leaving out {left_out}.")
     if spec.best_on_exclude is not None:
         left_out = ", ".join(spec.best_on_exclude) if spec.best_on_exclude else "nothing"
+        counted = long[(long["row_kind"] == "dataset") & ~long["row"].isin(spec.best_on_exclude)]
+        if counted["paper_value"].notna().any():
+            rule = (
+                "a computed column competes with the values the paper printed for the other "
+                "systems shown (never with another computed column); quoted columns give "
+                "the paper's count."
+            )
+        else:
+            rule = "nothing is quoted, so the computed columns compete with each other."
         notes.append(
             f"{BEST_ON}: data sets where the column is best (ties count for each), leaving "
-            f"out {left_out}; computed columns compete with the other systems shown, quoted "
-            "columns give the paper's count."
+            f"out {left_out}; {rule}"
         )
     computed = long[(long["source"] == "computed") & (long["row_kind"] == "dataset")]
     hashes = _joined(computed["config_hash"])
