@@ -76,6 +76,9 @@ def main():
         )
 
     records = read_table(args.records)
+    missing = [c for c in ("query_id", "positive_ids") if c not in records.columns]
+    if missing:
+        raise InputError(f"not a training records table: missing columns {missing}", args.records)
     positives = positives_by_query(records)
     queries = read_table(args.queries, "queries")
     queries = queries.assign(query_id=queries["query_id"].astype(str))
