@@ -1,22 +1,17 @@
 """Exact inner-product search of query embeddings over corpus shards (rule search)."""
 
 import argparse
-import logging
 
 from contriever_repro.cli import run_main, set_threads
-from contriever_repro.errors import InputError
 from contriever_repro.models.spec import DEVICES, choose_device
 from contriever_repro.retrieval.encode import load_embeddings
 from contriever_repro.retrieval.search import (
     add_run_args,
     exact_search,
     faiss_gpu_available,
+    load_shards,
     write_run,
 )
-
-log = logging.getLogger("search")
-
-MUST_MATCH = ("model", "pooling", "l2_normalize", "score_function")
 
 
 def main():
@@ -34,23 +29,10 @@ def main():
 
     qids, qemb, qmeta = load_embeddings(args.queries, mmap=False)
 
-    def shards():
-        for prefix in args.shard:
-            ids, emb, meta = load_embeddings(prefix)
-            for key in MUST_MATCH:
-                if meta.get(key) != qmeta.get(key):
-                    raise InputError(
-                        f"corpus shard has {key}={meta.get(key)!r} but queries have "
-                        f"{qmeta.get(key)!r}; re-encode with one model spec",
-                        prefix,
-                    )
-            log.info("searching shard %s (%d docs)", prefix, len(ids))
-            yield ids, emb
-
     run = exact_search(
         qids,
         qemb,
-        shards(),
+        load_shards(args.shard, qmeta),
         top_k=args.top_k,
         drop_identical_ids=args.drop,
         use_gpu=device == "cuda",

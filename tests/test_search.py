@@ -89,3 +89,29 @@ def test_search_job_given_a_gpu_fails_at_once_when_faiss_cannot_use_one(tmp_path
         [*cmd, "--gpus", "1", "--device", "cpu"], env=env, capture_output=True, text=True
     )
     assert "refusing" not in proc.stderr and "file is missing" in proc.stderr  # went on
+
+
+def test_shards_from_disk_give_the_top_k_of_one_index(tmp_path):
+    from contriever_repro.models.spec import ModelSpec
+    from contriever_repro.retrieval.encode import embedding_meta, save_embeddings
+    from contriever_repro.retrieval.search import load_shards
+
+    rng = np.random.default_rng(0)
+    docs = rng.normal(size=(50, 8)).astype(np.float32)
+    ids = [f"d{i}" for i in range(50)]
+    queries = rng.normal(size=(6, 8)).astype(np.float32)
+    qids = [f"q{i}" for i in range(6)]
+    spec = ModelSpec(name="m", source="x")
+    prefixes = []
+    for s, (a, b) in enumerate([(0, 17), (17, 18), (18, 50)]):
+        save_embeddings(tmp_path / f"c.{s}", ids[a:b], docs[a:b], embedding_meta(spec, "passage"))
+        prefixes.append(str(tmp_path / f"c.{s}"))
+    qmeta = embedding_meta(spec, "query")
+    merged = exact_search(qids, queries, load_shards(prefixes, qmeta), top_k=10, use_gpu=False)
+    whole = exact_search(qids, queries, [(ids, docs)], top_k=10, use_gpu=False)
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(merged, whole)
+    other = embedding_meta(ModelSpec(name="m", source="x", pooling="cls"), "query")
+    with pytest.raises(InputError, match="corpus shard has pooling='mean' but queries have 'cls'"):
+        list(load_shards(prefixes, other))

@@ -9,7 +9,7 @@ does during retrieval (this matters for ArguAna, Quora and CQADupStack).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import faiss
@@ -18,6 +18,8 @@ import pandas as pd
 
 from ..errors import InputError
 from ..io import RUN_SCHEMA, write_table, write_text
+from ..progress import Progress
+from .encode import load_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,30 @@ def exact_search(
         {"query_id": rows_q, "doc_id": rows_d, "score": np.asarray(rows_s, dtype=np.float32)}
     )
     return rank_run(run, top_k)
+
+
+# Settings that must agree between query and corpus embeddings for scores to mean anything.
+MUST_MATCH = ("model", "pooling", "l2_normalize", "score_function")
+
+
+def load_shards(
+    prefixes: Sequence[str], query_meta: dict
+) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(ids, embeddings) of each corpus shard, memory-mapped, for exact_search; a shard
+    encoded with other model settings than the queries is an InputError naming it."""
+    progress = Progress(len(prefixes), "search", log, interval=0.0, unit="shards")
+    for prefix in prefixes:
+        ids, emb, meta = load_embeddings(prefix)
+        for key in MUST_MATCH:
+            if meta.get(key) != query_meta.get(key):
+                raise InputError(
+                    f"corpus shard has {key}={meta.get(key)!r} but queries have "
+                    f"{query_meta.get(key)!r}; re-encode with one model spec",
+                    prefix,
+                )
+        log.info("searching shard %s (%d docs)", prefix, len(ids))
+        yield ids, emb
+        progress.update(1)
 
 
 def rank_run(run: pd.DataFrame, top_k: int | None = None) -> pd.DataFrame:
