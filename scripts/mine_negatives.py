@@ -47,7 +47,7 @@ def main():
     ap.add_argument("--records", required=True, help="training records (query_id, positive_ids)")
     ap.add_argument("--shard", action="append", required=True, help="corpus embedding prefix")
     ap.add_argument("--corpus", required=True, help="corpus parquet (size, report texts)")
-    ap.add_argument("--depth", type=int, required=True, help="config mining.depth")
+    ap.add_argument("--depth", type=int, required=True, help="config mining_depth")
     ap.add_argument("--rank-min", type=int, default=1)
     ap.add_argument("--rank-max", type=int, default=None, help="default: the depth")
     ap.add_argument("--per-query", type=int, default=None, help="default: all in the range")
@@ -61,6 +61,9 @@ def main():
     args = ap.parse_args()
     rank_max = args.depth if args.rank_max is None else args.rank_max
     device = choose_device(args.device, args.gpus, torch.cuda.is_available(), what="mine")
+    # A GPU job whose FAISS cannot use a GPU fails now, as rule search does, instead of
+    # searching hundreds of thousands of queries on CPU for hours.
+    search_device = choose_device(args.device, args.gpus, faiss_gpu_available(), what="search")
     set_threads(args.threads)
 
     corpus = read_table(args.corpus, "corpus")
@@ -98,9 +101,7 @@ def main():
     tokenizer, model = load_encoder(spec, device, offline=True)
     qids, qemb = enc.encode_table(queries, spec, tokenizer, model, "query", what="encode queries")
     del model
-    use_gpu = device == "cuda" and faiss_gpu_available()
-    if device == "cuda" and not use_gpu:
-        log.warning("FAISS has no GPU support here: the search runs on CPU")
+    use_gpu = search_device == "cuda"
     # Query and document ids may share a namespace by accident (MS MARCO's are both
     # integers), so no hit is dropped for having the query's id.
     run = exact_search(

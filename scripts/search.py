@@ -4,7 +4,7 @@ import argparse
 
 from contriever_repro.cli import run_main, set_threads
 from contriever_repro.models.spec import DEVICES, choose_device
-from contriever_repro.retrieval.encode import load_embeddings
+from contriever_repro.retrieval.embeddings import load_embeddings
 from contriever_repro.retrieval.search import (
     add_run_args,
     exact_search,

@@ -133,11 +133,11 @@ def test_sampling_is_uniform_over_the_range():
     [
         (dict(depth=11), r"mining\.depth = 11 is larger than the corpus \(10 documents\)"),
         (dict(rank_min=0), r"rank_min must be at least 1"),
-        (dict(rank_min=4, rank_max=3), r"rank_min = 4 is larger than mining.rank_max = 3"),
-        (dict(rank_max=6), r"rank_max = 6 is deeper than mining.depth = 5"),
+        (dict(rank_min=4, rank_max=3), r"rank_min = 4 is larger than mining_rank_max = 3"),
+        (dict(rank_max=6), r"rank_max = 6 is deeper than mining_depth = 5"),
         (dict(per_query=0), r"per_query must be at least 1"),
         (dict(pos={"q1": {"d2"}}), r"1 query\(ies\) of the search run have no positives.*q2"),
-        (dict(depth=8, rank_max=8), r"at most 6 hits per query but mining.depth = 8"),
+        (dict(depth=8, rank_max=8), r"at most 6 hits per query but mining_depth = 8"),
     ],
 )
 def test_bad_settings_are_input_errors(kw, message):
@@ -284,7 +284,7 @@ def test_script_mines_writes_provenance_report_and_plot(tiny_world):
     d, cfg = tiny_world
     proc = _mine_script(d, cfg, "--depth", "41")
     assert proc.returncode == 2, proc.stderr
-    assert "mining.depth = 41 is larger than the corpus (40 documents)" in proc.stderr
+    assert "mining_depth = 41 is larger than the corpus (40 documents)" in proc.stderr
     assert not (d / "out").exists()
 
     proc = _mine_script(d, cfg, "--depth", "10", "--rank-min", "2", "--per-query", "3",

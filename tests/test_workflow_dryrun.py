@@ -439,3 +439,79 @@ def test_model_card_target_gathers_the_metrics_of_the_trained_model():
     assert {j["wildcards"]["model"] for j in jobs["dataset_metrics"]} == {"contriever-trained"}
     assert len(jobs["model_card"]) == 1
     assert "model_cards/contriever.md" in proc.stdout and "--metrics " in proc.stdout
+
+
+# --- fine-tuning --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def table2b_dry_run(fake_slurm):
+    proc = snakemake(
+        "-n", "--profile", "slurm", "results/table2b.csv", "--nolock",
+        cwd=ROOT, env={"PATH": fake_slurm["PATH"]},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    return _jobs(proc.stdout + proc.stderr)
+
+
+def test_table2b_shows_pretraining_phase1_mining_phase2_and_evaluation(table2b_dry_run):
+    jobs = table2b_dry_run
+    assert {j["wildcards"]["name"] for j in jobs["pretrain"]} == {"contriever"}
+    assert {j["wildcards"]["name"] for j in jobs["finetune"]} == {
+        "contriever-msmarco-phase1",
+        "contriever-msmarco-ft",
+    }
+    assert [j["wildcards"]["name"] for j in jobs["mine_negatives"]] == ["contriever-msmarco-ft"]
+    # the collection is encoded by the phase-1 model in the usual sharded GPU jobs
+    phase1 = [
+        j for j in jobs["encode_corpus"] if j["wildcards"]["model"] == "contriever-msmarco-phase1"
+    ]
+    assert len(phase1) == 8 and all(j["resources"]["gpu"] == "1" for j in phase1)
+    assert jobs["mine_negatives"][0]["resources"]["gpu"] == "1"
+    assert [j["wildcards"] for j in jobs["training_set"]] == [
+        {"dataset": "msmarco", "split": "train"}
+    ]
+    # the fine-tuned model is evaluated on every BEIR data set
+    evaluated = {
+        j["wildcards"]["unit"]
+        for j in jobs["evaluate"]
+        if j["wildcards"]["model"] == "contriever-msmarco-ft"
+    }
+    assert len(evaluated) == 26  # 14 data sets + CQADupStack's 12 sub-forums
+    for job in jobs["finetune"]:
+        res = job["resources"]
+        # 2 nodes x 8 GPUs through the plugin's MPI route, as pre-training
+        assert (
+            res["nodes"] == "2"
+            and res["tasks"] == "2"
+            and "--gpus-per-node=8" in res["slurm_extra"]
+        )
+
+
+def test_few_shot_and_ablation_fine_tuning_dry_run(fake_slurm):
+    proc = snakemake(
+        "-n", "--profile", "slurm", "results/table3.csv", "results/table9.csv", "--nolock",
+        cwd=ROOT, env={"PATH": fake_slurm["PATH"]},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    jobs = _jobs(proc.stdout + proc.stderr)
+    names = {j["wildcards"]["name"] for j in jobs["finetune"]}
+    few_shot = {
+        f"fewshot-{m}-{d}"
+        for m in ("bert", "contriever", "bert-msmarco", "contriever-msmarco")
+        for d in ("scifact", "nfcorpus", "fiqa")
+    }
+    assert few_shot | {"bert-msmarco-ablation", "ablation-crop-delete-msmarco"} <= names
+    splits = {(j["wildcards"]["dataset"], j["wildcards"]["split"]) for j in jobs["training_set"]}
+    assert {
+        ("scifact", "train"),
+        ("nfcorpus", "dev"),
+        ("fiqa", "dev"),
+        ("msmarco", "train"),
+    } <= splits
+    assert ("scifact", "dev") not in splits  # SciFact's dev is a hold-out of its train split
+    # few-shot models are tested on their own data set only
+    for job in jobs["evaluate"]:
+        model = job["wildcards"]["model"]
+        if model.startswith("fewshot-"):
+            assert model.endswith(job["wildcards"]["unit"])

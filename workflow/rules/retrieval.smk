@@ -143,7 +143,12 @@ rule mine_negatives:
         depth=lambda wc: finetune_experiment(wc.name).mining_depth,
         rank_min=lambda wc: finetune_experiment(wc.name).mining_rank_min,
         rank_max=lambda wc: finetune_experiment(wc.name).mining_rank_max,
-        per_query=lambda wc: finetune_experiment(wc.name).mining_per_query or 0,
+        # --per-query only when set (unset: every hit in the rank range)
+        args=lambda wc: (
+            f"--per-query {shlex.quote(str(n))}"
+            if (n := finetune_experiment(wc.name).mining_per_query)
+            else ""
+        ),
         seed=lambda wc: finetune_experiment(wc.name).seed,
         device=DEVICE,
         gpus=lambda wc, resources: resources.get("gpu", 0),
@@ -151,7 +156,7 @@ rule mine_negatives:
         "{params.py:q} {params.script:q} --spec {params.spec:q} --source {input.model:q} "
         "--queries {input.queries:q} --records {input.records:q} {params.shard_args} "
         "--corpus {input.corpus:q} --depth {params.depth:q} --rank-min {params.rank_min:q} "
-        "--rank-max {params.rank_max:q} --per-query {params.per_query:q} "
+        "--rank-max {params.rank_max:q} {params.args} "
         "--seed {params.seed:q} --device {params.device:q} --gpus {params.gpus:q} "
         "--threads {threads:q} --out {output.mined:q} --report {output.report:q} "
         "--plot {output.plot:q} 2> {log:q}"

@@ -12,11 +12,12 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
+
+if TYPE_CHECKING:  # torch is imported where it is used: search jobs never need it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,8 @@ class ModelSpec:
 
 
 def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 

@@ -56,25 +56,25 @@ def check_mining_args(
 ) -> None:
     """The settings' errors, before any encoding or search is done."""
     if depth < 1:
-        raise InputError(f"mining.depth must be at least 1, got {depth}")
+        raise InputError(f"mining_depth must be at least 1, got {depth}")
     if depth > n_docs:
         raise InputError(
-            f"mining.depth = {depth} is larger than the corpus ({n_docs} documents); "
-            f"lower mining.depth to at most {n_docs}"
+            f"mining_depth = {depth} is larger than the corpus ({n_docs} documents); "
+            f"lower mining_depth to at most {n_docs}"
         )
     if rank_min < 1:
-        raise InputError(f"mining.rank_min must be at least 1 (ranks are 1-based), got {rank_min}")
+        raise InputError(f"mining_rank_min must be at least 1 (ranks are 1-based), got {rank_min}")
     if rank_min > rank_max:
         raise InputError(
-            f"mining.rank_min = {rank_min} is larger than mining.rank_max = {rank_max}"
+            f"mining_rank_min = {rank_min} is larger than mining_rank_max = {rank_max}"
         )
     if rank_max > depth:
         raise InputError(
-            f"mining.rank_max = {rank_max} is deeper than mining.depth = {depth}: "
+            f"mining_rank_max = {rank_max} is deeper than mining_depth = {depth}: "
             "no hit below the depth is retrieved"
         )
     if per_query is not None and per_query < 1:
-        raise InputError(f"mining.per_query must be at least 1 or null (all), got {per_query}")
+        raise InputError(f"mining_per_query must be at least 1 or null (all), got {per_query}")
 
 
 def mine_negatives(
@@ -114,7 +114,7 @@ def mine_negatives(
     deepest = int(run.groupby("query_id").size().max()) if len(run) else depth
     if deepest < depth:
         raise InputError(
-            f"the search run has at most {deepest} hits per query but mining.depth = "
+            f"the search run has at most {deepest} hits per query but mining_depth = "
             f"{depth}: search at least {depth} deep"
         )
     top = run[run["rank"] <= depth]

@@ -19,7 +19,7 @@ import pandas as pd
 from ..errors import InputError
 from ..io import RUN_SCHEMA, write_table, write_text
 from ..progress import Progress
-from .encode import load_embeddings
+from .embeddings import load_embeddings
 
 log = logging.getLogger(__name__)
 
