@@ -11,7 +11,7 @@ CPU budget (2 cores): one full SciFact corpus encoding takes minutes, so dev and
 are scored against a fixed, seeded sub-corpus: every judged passage of the split plus a
 random sample of the others as distractors. Before and after use the same sub-corpus and
 spec, so the comparison is fair; the absolute values are above the full-corpus BEIR
-nDCG@10 (0.645) because there are fewer distractors.
+nDCG@10 because there are fewer distractors.
 """
 
 from __future__ import annotations
