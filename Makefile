@@ -41,6 +41,9 @@ bench: install
 bench-pretrain: install
 	$(BIN)/python bench/bench_pretrain.py --out bench/out
 
+bench-finetune: install
+	$(BIN)/python bench/bench_finetune.py --out bench/out
+
 # Removes only what `make demo` writes: config/demo.yaml's work_dir and results_dir.
 clean-demo:
 	rm -rf work/demo results/demo
