@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -150,19 +153,47 @@ def test_adamw_fine_tuning_beats_the_initial_model_on_held_out_queries(world, tm
 # --------------------------------------------------------------------------- resume
 
 
+def _cli(world, run_dir: Path, export: Path, workers: int = 0) -> list[str]:
+    spec = {**TINY, "steps": 16, "checkpoint_every": 4, "log_every": 1, "num_workers": workers}
+    return [
+        sys.executable, str(ROOT / "scripts" / "finetune.py"), "--name", "resume",
+        "--experiment", json.dumps(spec), "--init", str(world["model"]),
+        "--corpus", str(world["corpus"]), "--queries", str(world["queries"]),
+        "--records", str(world["records"]), "--run-dir", str(run_dir),
+        "--export", str(export), "--threads", "1",
+    ]  # fmt: skip
+
+
+def _losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for r in read_metrics(run_dir) if "loss" in r]
+
+
 def test_a_killed_fine_tuning_resumes_bitwise(world, tmp_path):
-    """Stopped at a random step with a checkpoint, then resumed: the same weights and
-    the same loss curve as an uninterrupted run (ASAM, dropout, negatives included)."""
-    cfg = config(steps=24, checkpoint_every=1000, log_every=1)
-    data = data_of(world, cfg)
-    finetune(cfg, world["model"], data, tmp_path / "a", export_dir=tmp_path / "a_out")
-    stop = int(torch.randint(3, 20, (1,), generator=torch.Generator().manual_seed(7)))
-    finetune(cfg, world["model"], data, tmp_path / "b", stop_at=stop)
-    finetune(cfg, world["model"], data, tmp_path / "b", export_dir=tmp_path / "b_out")
+    """SIGKILL at a random step, then the same command: the run resumes from its last
+    checkpoint and ends with the weights and loss curve of an uninterrupted run (ASAM's
+    two passes, dropout and the negatives included; DataLoader workers changed)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib")}
+    done = subprocess.run(_cli(world, tmp_path / "a", tmp_path / "a_out"), env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    kill_after = random.Random().randint(5, 11)
+    proc = subprocess.Popen(_cli(world, tmp_path / "b", tmp_path / "b_out"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    start = time.time()
+    while len(_losses(tmp_path / "b")) < kill_after:
+        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+        assert time.time() - start < 300
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "b_out").exists() and len(_losses(tmp_path / "b")) < 16
+    resumed = subprocess.run(_cli(world, tmp_path / "b", tmp_path / "b_out", workers=2),
+                             env=env, capture_output=True, text=True)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
     wa, wb = weights(tmp_path / "a_out"), weights(tmp_path / "b_out")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    loss = lambda run: [r["loss"] for r in read_metrics(run) if "loss" in r]  # noqa: E731
-    assert loss(tmp_path / "a") == loss(tmp_path / "b")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
 
 
 # --------------------------------------------------------------------------- dev selection

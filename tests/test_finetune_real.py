@@ -37,7 +37,7 @@ from contriever_repro.training.finetune import finetune, load_training_data
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 QUERY_LEN, PASSAGE_LEN = 64, 128  # MiniLM was trained on 128-token inputs
-DISTRACTORS = {"test": 300, "dev": 100}
+DISTRACTORS = {"test": 150, "dev": 60}
 RECIPE = {
     "data": "scifact",
     "init": "minilm",
@@ -52,11 +52,11 @@ RECIPE = {
     "norm_query": True,
     "norm_doc": True,
     "temperature": 0.05,
-    "batch_size_per_device": 16,
-    "steps": 20,
+    "batch_size_per_device": 12,
+    "steps": 12,
     "warmup_steps": 2,
     "lr": 2e-5,
-    "eval_every": 10,
+    "eval_every": 6,
     "patience": 3,
     "max_query_length": QUERY_LEN,
     "max_passage_length": PASSAGE_LEN,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -229,3 +232,37 @@ def test_export_of_an_unknown_passage_writes_nothing(tmp_path):
     with pytest.raises(InputError, match="'d2' of query 'q' is not in the corpus"):
         write_pairs_jsonl(queries, corpus, records, out)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_users_jsonl_becomes_a_beir_folder_and_comes_back_out(tmp_path):
+    """scripts/training_pairs.py import → the BEIR folder the rules convert → export."""
+    from contriever_repro.data.beir import load_beir_folder
+
+    root = Path(__file__).resolve().parents[1]
+    lines = [
+        {"query": "what is a cat", "pos": ["a cat is a small feline"], "neg": ["dogs bark"]},
+        {"query": "capital of france", "pos": ["paris is the capital", "paris, france"]},
+    ]
+    src = tmp_path / "pairs.jsonl"
+    src.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    env = {**os.environ, "PYTHONPATH": str(root / "lib")}
+    script = str(root / "scripts" / "training_pairs.py")
+    folder = tmp_path / "mine"
+    done = subprocess.run([sys.executable, script, "import", "--jsonl", str(src), "--out",
+                           str(folder)], env=env, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "1 negatives" in done.stderr
+    corpus, queries, qrels = load_beir_folder(folder, "train")
+    assert len(corpus) == 4 and len(queries) == 2 and len(qrels) == 3
+    write_table(corpus, tmp_path / "corpus.parquet", "corpus")
+    convert_training_split(folder, "train", tmp_path / "corpus.parquet",
+                           tmp_path / "q.parquet", tmp_path / "r.parquet")  # fmt: skip
+    out = tmp_path / "back.jsonl"
+    cmd = [sys.executable, script, "export", "--queries", str(tmp_path / "q.parquet"),
+           "--records", str(tmp_path / "r.parquet"), "--corpus",
+           str(tmp_path / "corpus.parquet"), "--out", str(out)]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    back = {x["query"]: sorted(x["pos"]) for x in map(json.loads, out.read_text().splitlines())}
+    assert back == {x["query"]: sorted(x["pos"]) for x in lines}
+    assert len(read_table(tmp_path / "r.parquet")) == 2

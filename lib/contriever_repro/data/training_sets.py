@@ -33,7 +33,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ..errors import InputError
-from ..io import atomic_path, write_table
+from ..io import atomic_dir, atomic_path, write_table
 from . import beir
 from .text import passage_text
 
@@ -394,3 +394,40 @@ def write_pairs_jsonl(
             fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
             n += 1
     return n
+
+
+def write_beir_folder(
+    queries_df: pd.DataFrame,
+    corpus_df: pd.DataFrame,
+    records_df: pd.DataFrame,
+    folder: str | Path,
+    split: str = "train",
+) -> dict[str, int]:
+    """A training set as a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv
+    with each positive at relevance 1), so that a user's jsonl becomes a `source: local`
+    data set the fine-tuning rules read like any other. Written whole or not at all.
+    The records' own negatives are not part of the BEIR layout; their count is returned.
+    """
+    with atomic_dir(folder) as tmp:
+        (tmp / "qrels").mkdir()
+        with open(tmp / "corpus.jsonl", "w", encoding="utf-8") as fh:
+            for doc, title, text in zip(
+                corpus_df["doc_id"], corpus_df["title"].fillna(""), corpus_df["text"], strict=True
+            ):
+                fh.write(json.dumps({"_id": doc, "title": title, "text": text}, ensure_ascii=False))
+                fh.write("\n")
+        with open(tmp / "queries.jsonl", "w", encoding="utf-8") as fh:
+            for qid, text in zip(queries_df["query_id"], queries_df["text"], strict=True):
+                fh.write(json.dumps({"_id": qid, "text": text}, ensure_ascii=False) + "\n")
+        pairs = records_df[["query_id", "positive_ids"]].explode("positive_ids").dropna()
+        with open(tmp / "qrels" / f"{split}.tsv", "w", encoding="utf-8") as fh:
+            fh.write("query-id\tcorpus-id\tscore\n")
+            for qid, doc in zip(pairs["query_id"], pairs["positive_ids"], strict=True):
+                fh.write(f"{qid}\t{doc}\t1\n")
+    negatives = int(records_df["negative_ids"].map(len).sum())
+    return {
+        "passages": len(corpus_df),
+        "queries": len(queries_df),
+        "qrels": len(pairs),
+        "negatives_not_written": negatives,
+    }
