@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 
-from contriever_repro.cli import run_main, set_threads
+from contriever_repro.cli import add_training_args, run_main, set_threads, training_deadline
 from contriever_repro.evaluation.quick_eval import dev_scorer
 from contriever_repro.models.spec import ModelSpec
 from contriever_repro.training.config import FinetuneConfig
@@ -34,36 +34,27 @@ def main():
     ap.add_argument("--mined-by-model", default=None, help="the phase-1 model folder")
     ap.add_argument("--dev-queries", default=None, help="dev queries parquet (dev_split)")
     ap.add_argument("--dev-records", default=None, help="dev records parquet (dev_split)")
-    ap.add_argument("--run-dir", required=True, help="checkpoints and metrics (kept)")
-    ap.add_argument("--export", default=None, help="HF folder to write when training ends")
-    ap.add_argument("--resume", choices=("auto", "require", "never"), default="auto")
-    ap.add_argument("--attempt", type=int, default=None, help="Snakemake's attempt number")
-    ap.add_argument("--time-limit-min", type=float, default=None)
-    ap.add_argument("--stop-margin-min", type=float, default=10.0)
-    ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda if visible)")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--summary", default=None, help="JSON summary to write at the end")
+    add_training_args(ap)
     args = ap.parse_args()
 
     cfg = FinetuneConfig.from_dict(args.name, json.loads(args.experiment))
     flush_denormals(cfg)  # before any torch op starts the thread pool
     set_threads(args.threads)
-    deadline = None
-    if args.time_limit_min:
-        limit, margin = args.time_limit_min, args.stop_margin_min
-        deadline = time.time() + 60 * (limit - margin if limit > 2 * margin else limit / 2)
-    data = load_training_data(
-        cfg,
-        args.corpus,
-        args.queries,
-        args.records,
-        mined=args.mined,
-        mined_by_model=args.mined_by_model,
-        dev_queries=args.dev_queries,
-        dev_records=args.dev_records,
-    )
-    scorer = None
-    if data.dev is not None:
+    deadline = training_deadline(args, time.time())
+
+    def data():
+        return load_training_data(
+            cfg,
+            args.corpus,
+            args.queries,
+            args.records,
+            mined=args.mined,
+            mined_by_model=args.mined_by_model,
+            dev_queries=args.dev_queries,
+            dev_records=args.dev_records,
+        )
+
+    def scorer(dev):
         # The dev set is encoded as the evaluation encodes the exported model.
         spec = ModelSpec(
             name=cfg.name,
@@ -72,7 +63,8 @@ def main():
             max_query_length=cfg.max_query_length,
             max_passage_length=cfg.max_passage_length,
         )
-        scorer = dev_scorer(spec, *data.dev, metric=cfg.eval_metric)
+        return dev_scorer(spec, *dev, metric=cfg.eval_metric)
+
     try:
         summary = finetune(
             cfg,

@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 
-from contriever_repro.cli import run_main, set_threads
+from contriever_repro.cli import add_training_args, run_main, set_threads, training_deadline
 from contriever_repro.training.config import PretrainConfig
 from contriever_repro.training.loop import PREEMPTED_EXIT_CODE, Preempted, flush_denormals, pretrain
 
@@ -32,37 +32,13 @@ def main():
     ap.add_argument("--experiment", required=True, help="config.pretraining entry as JSON")
     ap.add_argument("--init", required=True, help="HF model folder or hub id to start from")
     ap.add_argument("--source", type=source_pair, action="append", default=[])
-    ap.add_argument("--run-dir", required=True, help="checkpoints and metrics (kept)")
-    ap.add_argument("--export", default=None, help="HF folder to write when training ends")
-    ap.add_argument("--resume", choices=("auto", "require", "never"), default="auto")
-    ap.add_argument(
-        "--attempt",
-        type=int,
-        default=None,
-        help="Snakemake's attempt number: attempts after the first do not repeat an "
-        "error a retry cannot fix (recorded in the run folder)",
-    )
-    ap.add_argument(
-        "--time-limit-min",
-        type=float,
-        default=None,
-        help="stop with a checkpoint this many minutes after start (the job's runtime)",
-    )
-    ap.add_argument("--stop-margin-min", type=float, default=10.0)
-    ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda if visible)")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--summary", default=None, help="JSON summary to write at the end")
+    add_training_args(ap)
     args = ap.parse_args()
 
     cfg = PretrainConfig.from_dict(args.name, json.loads(args.experiment))
     flush_denormals(cfg)  # before any torch op starts the thread pool
     set_threads(args.threads)
-    deadline = None
-    if args.time_limit_min:
-        # Leave the margin for the final checkpoint; a job too short for the margin
-        # still stops at half its time, so every restart makes progress.
-        limit, margin = args.time_limit_min, args.stop_margin_min
-        deadline = time.time() + 60 * (limit - margin if limit > 2 * margin else limit / 2)
+    deadline = training_deadline(args, time.time())
     try:
         summary = pretrain(
             cfg,

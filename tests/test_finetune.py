@@ -213,7 +213,7 @@ def test_early_stopping_exports_the_best_dev_checkpoint(world, tmp_path):
 
     summary = finetune(
         cfg, world["model"], data, tmp_path / "run", export_dir=tmp_path / "out",
-        dev_scorer=scripted,
+        dev_scorer=lambda dev: scripted,
     )  # fmt: skip
     assert len(seen) == 4  # steps 0, 5, 10, 15: two evaluations without improvement
     assert summary["best_step"] == 5 and summary["stopped_early"] and summary["step"] == 15
@@ -246,7 +246,7 @@ def test_holdout_dev_and_epochs_make_the_paper_step_count(world, tmp_path):
     assert data.identity["train_queries"] == 270 and data.identity["dev_queries"] == 30
     summary = finetune(
         cfg, world["model"], data, tmp_path / "run", stop_at=1,
-        dev_scorer=lambda m, t: 0.0,
+        dev_scorer=lambda dev: lambda m, t: 0.0,
     )  # fmt: skip
     assert summary["steps"] == 17  # ceil(2 x 270 / 32)
 
@@ -386,3 +386,21 @@ def test_phase_two_trains_on_negatives_mined_by_its_phase_one_model(world, phase
         )  # fmt: skip
     with pytest.raises(InputError, match="no mined negatives were given"):
         load_training_data(p2, world["corpus"], world["queries"], world["records"])
+
+
+def test_a_data_error_is_recorded_and_not_read_again_by_a_retry(world, tmp_path):
+    """Data is loaded inside the run folder's guard: a mined file of another model
+    fails attempt 1 and is recorded; attempt 2 of the same configuration stops at once."""
+    from contriever_repro.training.runfolder import NotRetried
+
+    cfg = config("p2", mined_by="p1", hard_ratio=0.1)
+    calls = []
+
+    def bad_data():
+        calls.append(1)
+        raise InputError("negatives in x were mined with model a but phase 1 is b")
+
+    for attempt, error in ((1, InputError), (2, NotRetried)):
+        with pytest.raises(error):
+            finetune(cfg, world["model"], bad_data, tmp_path / "run", attempt=attempt)
+    assert len(calls) == 1 and (tmp_path / "run" / "failed.json").is_file()

@@ -116,7 +116,12 @@ def test_few_shot_fine_tuning_of_minilm_on_scifact(scifact, minilm_path, tmp_pat
     before = dense_scores(spec_of(minilm_path), *scifact["test"])["NDCG@10"]
     t_train = time.perf_counter()
     summary = finetune(
-        cfg, minilm_path, data, tmp_path / "run", export_dir=tmp_path / "out", dev_scorer=scorer
+        cfg,
+        minilm_path,
+        data,
+        tmp_path / "run",
+        export_dir=tmp_path / "out",
+        dev_scorer=lambda dev: scorer,
     )
     t_train = time.perf_counter() - t_train
     after = dense_scores(spec_of(tmp_path / "out"), *scifact["test"])["NDCG@10"]

@@ -48,3 +48,38 @@ def set_threads(n: int | None) -> None:
         faiss.omp_set_num_threads(n)
     except ImportError:
         pass
+
+
+def add_training_args(ap) -> None:
+    """The arguments both training scripts (pre-training, fine-tuning) take besides
+    their data: run folder, export, resume, Snakemake's attempt, time limit, device."""
+    ap.add_argument("--run-dir", required=True, help="checkpoints and metrics (kept)")
+    ap.add_argument("--export", default=None, help="HF folder to write when training ends")
+    ap.add_argument("--resume", choices=("auto", "require", "never"), default="auto")
+    ap.add_argument(
+        "--attempt",
+        type=int,
+        default=None,
+        help="Snakemake's attempt number: attempts after the first do not repeat an "
+        "error a retry cannot fix (recorded in the run folder)",
+    )
+    ap.add_argument(
+        "--time-limit-min",
+        type=float,
+        default=None,
+        help="stop with a checkpoint this many minutes after start (the job's runtime)",
+    )
+    ap.add_argument("--stop-margin-min", type=float, default=10.0)
+    ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda if visible)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--summary", default=None, help="JSON summary to write at the end")
+
+
+def training_deadline(args, now: float) -> float | None:
+    """When a training job must stop with a checkpoint: its time limit less the margin
+    for the final checkpoint; a job too short for the margin stops at half its time, so
+    every restart makes progress."""
+    if not args.time_limit_min:
+        return None
+    limit, margin = args.time_limit_min, args.stop_margin_min
+    return now + 60 * (limit - margin if limit > 2 * margin else limit / 2)

@@ -28,35 +28,38 @@ OBJECTIVES = ("moco", "inbatch")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
+# Keys that do not change the trained weights: left out of a run's identity, so a run
+# can be resumed with another log cadence, checkpoint cadence or on other hardware.
+BOOKKEEPING = frozenset(
+    {
+        "name",
+        "num_workers",
+        "max_restarts",
+        "log_every",
+        "checkpoint_every",
+        "keep_every",
+        "keep_last",
+        "nodes",
+        "gpus_per_node",
+        "device",
+        "flush_denormal",
+    }
+)
+
+
 @dataclass(frozen=True)
-class PretrainConfig:
+class TrainingRun:
+    """What every training experiment has (engine.TrainingConfig): the encoder's pooling
+    and similarity, the optimisation, the launch shape and the bookkeeping. Defaults are
+    the English Contriever pre-training; FinetuneConfig overrides its own."""
+
     name: str
-    # what to train from and on (resolved to folders by the workflow)
-    init: str = "bert-base-uncased"
-    tokenizer: str = "bert-base-uncased"
-    sources: tuple[str, ...] = ("wiki-en", "ccnet-en")
-    # data
-    sampling_coefficient: float = 0.0
-    respect_doc_boundaries: bool = False
-    min_doc_tokens: int = 32
-    chunk_length: int = 256
-    # views
-    view_method: str = "crop"
-    ratio_min: float = 0.05
-    ratio_max: float = 0.5
-    augmentation: str = "delete"
-    augmentation_prob: float = 0.1
-    ict_keep_prob: float = 0.0
     # model and objective
-    objective: str = "moco"
     pooling: str = "mean"
     norm_query: bool = False
     norm_doc: bool = False
-    queue_size: int = 131072
-    momentum: float = 0.9995
     temperature: float = 0.05
     label_smoothing: float = 0.0
-    key_encoder_train_mode: bool = True
     # optimisation
     steps: int = 500000
     warmup_steps: int = 20000
@@ -89,6 +92,45 @@ class PretrainConfig:
     checkpoint_every: int = 500
     keep_every: int = 50000
     keep_last: int = 2
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    def global_batch(self, world_size: int | None = None) -> int:
+        """Sequences per optimiser step over all ranks and accumulation steps."""
+        world = self.world_size if world_size is None else world_size
+        return self.batch_size_per_device * world * self.grad_accumulation
+
+    def training_dict(self) -> dict:
+        """Everything that changes the trained weights: the identity a resume checks
+        (BOOKKEEPING, the launch shape and the CPU denormal mode are left out)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in BOOKKEEPING}
+
+
+@dataclass(frozen=True)
+class PretrainConfig(TrainingRun):
+    # what to train from and on (resolved to folders by the workflow)
+    init: str = "bert-base-uncased"
+    tokenizer: str = "bert-base-uncased"
+    sources: tuple[str, ...] = ("wiki-en", "ccnet-en")
+    # data
+    sampling_coefficient: float = 0.0
+    respect_doc_boundaries: bool = False
+    min_doc_tokens: int = 32
+    chunk_length: int = 256
+    # views
+    view_method: str = "crop"
+    ratio_min: float = 0.05
+    ratio_max: float = 0.5
+    augmentation: str = "delete"
+    augmentation_prob: float = 0.1
+    ict_keep_prob: float = 0.0
+    # objective (pooling, τ and the rest: TrainingRun)
+    objective: str = "moco"
+    queue_size: int = 131072
+    momentum: float = 0.9995
+    key_encoder_train_mode: bool = True
 
     # ------------------------------------------------------------------ construction
 
@@ -124,15 +166,6 @@ class PretrainConfig:
 
     # ------------------------------------------------------------------ derived values
 
-    @property
-    def world_size(self) -> int:
-        return self.nodes * self.gpus_per_node
-
-    def global_batch(self, world_size: int | None = None) -> int:
-        """Sequences per optimiser step over all ranks and accumulation steps."""
-        world = self.world_size if world_size is None else world_size
-        return self.batch_size_per_device * world * self.grad_accumulation
-
     def check_launch(self, world_size: int) -> None:
         """What must hold before any GPU time is spent for a given number of processes."""
         if self.objective == "moco":
@@ -143,26 +176,7 @@ class PretrainConfig:
                 raise InputError(f"pretraining.{self.name}.queue_size: {err}") from None
 
     def training_dict(self) -> dict:
-        """Everything that changes the trained weights: the identity a resume checks.
-
-        Bookkeeping (logging, checkpoint cadence, restarts), the launch shape and the CPU
-        denormal mode are left out of it on purpose, so a run can be resumed with another
-        log cadence or on other hardware.
-        """
-        skip = {
-            "name",
-            "num_workers",
-            "max_restarts",
-            "log_every",
-            "checkpoint_every",
-            "keep_every",
-            "keep_last",
-            "nodes",
-            "gpus_per_node",
-            "device",
-            "flush_denormal",
-        }
-        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        out = super().training_dict()
         out["sources"] = list(self.sources)
         return out
 
@@ -171,7 +185,7 @@ OPTIMIZERS = ("asam", "adamw")
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(TrainingRun):
     """One supervised fine-tuning run (config `finetuning.<name>`): in-batch negatives
     plus `n_negatives` extra negatives per query, on a data set's training split.
 
@@ -183,7 +197,6 @@ class FinetuneConfig:
     Choices the paper leaves open are documented in docs/finetuning.md.
     """
 
-    name: str
     # what to train from and on (resolved to folders by the workflow)
     init: str = "workflow:contriever"
     data: str = "msmarco"  # a `datasets` key whose (BEIR) folder has the training split
@@ -203,47 +216,23 @@ class FinetuneConfig:
     eval_metric: str = "ndcg@10"
     patience: int | None = None  # evaluations without improvement before stopping
     epochs: int | None = None  # set: steps = ceil(epochs x training queries / batch)
-    # model and objective
-    pooling: str = "mean"
-    norm_query: bool = False
-    norm_doc: bool = False
-    temperature: float = 0.05
-    label_smoothing: float = 0.0
+    # encoder (pooling, τ and the rest: TrainingRun)
     dropout: float = 0.1
     max_query_length: int = 256
     max_passage_length: int = 256
     normalize_text: bool = False
-    # optimisation
+    # optimisation: ASAM around AdamW (asam.py); the defaults that differ from pre-training
     optimizer: str = "asam"
     rho: float = 0.05
     eta: float = 0.01
     steps: int = 20000
     warmup_steps: int = 1000
-    schedule: str = "linear"
     lr: float = 1e-5
-    lr_min_ratio: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
-    weight_decay: float = 0.01
-    decay_norm_and_bias: bool = True
-    max_grad_norm: float | None = None
-    batch_size_per_device: int = 64
-    grad_accumulation: int = 1
-    precision: str = "fp32"
-    seed: int = 0
-    # launch
-    device: str = "cuda"
+    # launch and bookkeeping
     nodes: int = 2
-    gpus_per_node: int = 8
     num_workers: int = 4
-    max_restarts: int = 20
-    flush_denormal: bool = True
-    # bookkeeping
-    log_every: int = 100
     checkpoint_every: int = 1000
     keep_every: int = 10000
-    keep_last: int = 2
 
     @classmethod
     def from_dict(cls, name: str, spec: Mapping[str, Any] | None) -> FinetuneConfig:
@@ -307,14 +296,6 @@ class FinetuneConfig:
     def has_dev(self) -> bool:
         return self.dev_split is not None or self.dev_holdout > 0
 
-    @property
-    def world_size(self) -> int:
-        return self.nodes * self.gpus_per_node
-
-    def global_batch(self, world_size: int | None = None) -> int:
-        world = self.world_size if world_size is None else world_size
-        return self.batch_size_per_device * world * self.grad_accumulation
-
     def mining(self) -> dict:
         """The mining settings (they name the mined file's identity)."""
         return {
@@ -324,23 +305,6 @@ class FinetuneConfig:
             "per_query": self.mining_per_query,
             "seed": self.seed,
         }
-
-    def training_dict(self) -> dict:
-        """Everything that changes the trained weights: the identity a resume checks."""
-        skip = {
-            "name",
-            "num_workers",
-            "max_restarts",
-            "log_every",
-            "checkpoint_every",
-            "keep_every",
-            "keep_last",
-            "nodes",
-            "gpus_per_node",
-            "device",
-            "flush_denormal",
-        }
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
 def _from_mapping(cls, section: str, name: str, spec: Mapping[str, Any] | None):

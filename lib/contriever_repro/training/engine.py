@@ -345,11 +345,11 @@ def copy_export(src: str | Path, out_dir: str | Path) -> Path:
 # --------------------------------------------------------------------------- run folder
 
 
-def check_experiment(run_dir: Path, name: str, record: dict) -> None:
+def check_experiment(run_dir: Path, name: str, record: dict, section: str = "pretraining") -> None:
     """A run directory belongs to one training configuration; refuse to mix two."""
     changes = config_changes(run_dir, record)
     if changes:
-        raise InputError(changed_config_message(name, run_dir, changes))
+        raise InputError(changed_config_message(name, run_dir, changes, section))
     write_experiment(run_dir, record)
 
 

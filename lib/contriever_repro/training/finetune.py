@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 
 # (HF model, tokenizer) -> dev score, higher is better (evaluation.quick_eval.dev_scorer)
 DevScorer = Callable[[torch.nn.Module, object], float]
+# The dev tables (corpus, queries, qrels) -> their scorer
+DevScorerFactory = Callable[[tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]], DevScorer]
 
 
 @dataclass
@@ -167,7 +169,7 @@ def effective_config(cfg: FinetuneConfig, n_examples: int, world_size: int) -> F
 def finetune(
     cfg: FinetuneConfig,
     init: str | Path,
-    data: TrainingData,
+    data: TrainingData | Callable[[], TrainingData],
     run_dir: str | Path,
     export_dir: str | Path | None = None,
     resume: str = "auto",
@@ -176,41 +178,34 @@ def finetune(
     sync_timing: bool = False,
     stop_at: int | None = None,
     attempt: int | None = None,
-    dev_scorer: DevScorer | None = None,
+    dev_scorer: DevScorerFactory | None = None,
 ) -> dict:
-    """Fine-tune `init` on `data` (load_training_data); arguments as loop.pretrain.
+    """Fine-tune `init` on `data` (load_training_data, or a function that calls it: then
+    the data is read inside the run folder's guard, so a bad input is recorded and later
+    attempts do not read it again); other arguments as loop.pretrain.
 
-    With a dev set, `dev_scorer(hf_model, tokenizer)` is evaluated every
+    With a dev set, `dev_scorer(dev tables)(hf_model, tokenizer)` is evaluated every
     `cfg.eval_every` steps; the exported model is the best one on dev.
     """
     if resume not in ("auto", "require", "never"):
         raise ValueError(f"resume must be auto, require or never, got {resume!r}")
-    if (data.dev is None) != (dev_scorer is None) and data.dev is not None:
-        raise InputError(f"finetuning.{cfg.name}: a dev set needs a dev scorer")
     run_dir = Path(run_dir)
     env = setup_distributed(device or cfg.device)
-    cfg = effective_config(cfg, len(data.examples), env.world_size)
-    record = experiment_record({**cfg.training_dict(), "data": data.identity}, str(init))
-    return guarded_run(
-        run_dir,
-        env,
-        record,
-        attempt,
-        lambda: _finetune(
-            cfg,
-            init,
-            data,
-            run_dir,
-            env,
-            record,
-            export_dir,
-            resume,
-            deadline,
-            sync_timing,
-            stop_at,
-            dev_scorer,
-        ),  # fmt: skip
-    )
+
+    def body() -> dict:
+        loaded = data() if callable(data) else data
+        if loaded.dev is not None and dev_scorer is None:
+            raise InputError(f"finetuning.{cfg.name}: a dev set needs a dev scorer")
+        run = effective_config(cfg, len(loaded.examples), env.world_size)
+        record = experiment_record({**run.training_dict(), "data": loaded.identity}, str(init))
+        scorer = dev_scorer(loaded.dev) if loaded.dev is not None else None
+        return _finetune(
+            run, init, loaded, run_dir, env, record, export_dir, resume, deadline,
+            sync_timing, stop_at, scorer,
+        )  # fmt: skip
+
+    guard = experiment_record(cfg.training_dict(), str(init))
+    return guarded_run(run_dir, env, guard, attempt, body)
 
 
 def _finetune(
@@ -230,7 +225,7 @@ def _finetune(
     tokenizer = load_tokenizer(init)
     ckpts = Checkpoints(run_dir, env.rank, env.world_size)
     latest = latest_checkpoint(ckpts, resume, run_dir)
-    _on_main(env, lambda: check_experiment(run_dir, cfg.name, record))
+    _on_main(env, lambda: check_experiment(run_dir, cfg.name, record, "finetuning"))
     if stop_at is None and (done := publish_finished(run_dir, cfg, env, export_dir)):
         return done
 

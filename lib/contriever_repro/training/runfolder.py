@@ -152,9 +152,11 @@ def config_changes(run_dir: str | Path, record: dict) -> list[str]:
     ]
 
 
-def changed_config_message(name: str, run_dir: str | Path, changes: list[str]) -> str:
+def changed_config_message(
+    name: str, run_dir: str | Path, changes: list[str], section: str = "pretraining"
+) -> str:
     return (
-        f"pretraining.{name}: the configuration differs from the one the checkpoints in "
+        f"{section}.{name}: the configuration differs from the one the checkpoints in "
         f"{run_dir} were made with ({'; '.join(changes)}). Restore those values to continue "
         "that run, or move the run folder away (and the model exported from it) to start "
         "afresh"
