@@ -7,7 +7,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -276,12 +275,6 @@ def test_paper_defaults_are_the_appendix_recipe():
 # --------------------------------------------------------------------------- two ranks
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 RANK_SCRIPT = r"""
 import json, sys, torch, torch.distributed as dist
 from transformers import AutoTokenizer
@@ -321,10 +314,11 @@ def test_two_gloo_ranks_put_each_gold_at_its_target_and_its_negative_after_the_g
     script.write_text(RANK_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "lib"), "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        f"--master_port={_free_port()}", str(script), str(world["root"]),
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        str(script), str(world["root"]),
     ]  # fmt: skip
-    subprocess.run(cmd, check=True, env=env, timeout=120, capture_output=True)
+    done = subprocess.run(cmd, env=env, timeout=120, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads((world["root"] / f"rank{r}.json").read_text()) for r in (0, 1)]
     examples = [r["example"] for rank in rows for r in rank]
     assert len(set(examples)) == 8  # the two ranks split one global batch
