@@ -304,6 +304,8 @@ for i, e in enumerate(b["examples"].tolist()):
         "positives": ex.positives(e).tolist(),
     })
 json.dump(out, open(f"{root}/rank{rank}.json", "w"))
+dist.barrier()
+dist.destroy_process_group()  # else gloo's threads may abort the interpreter at exit
 """
 
 

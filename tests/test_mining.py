@@ -131,7 +131,7 @@ def test_sampling_is_uniform_over_the_range():
 @pytest.mark.parametrize(
     "kw, message",
     [
-        (dict(depth=11), r"mining\.depth = 11 is larger than the corpus \(10 documents\)"),
+        (dict(depth=11), r"mining_depth = 11 is larger than the corpus \(10 documents\)"),
         (dict(rank_min=0), r"rank_min must be at least 1"),
         (dict(rank_min=4, rank_max=3), r"rank_min = 4 is larger than mining_rank_max = 3"),
         (dict(rank_max=6), r"rank_max = 6 is deeper than mining_depth = 5"),
