@@ -15,7 +15,7 @@ from contriever_repro.cli import add_training_args, run_main, set_threads, train
 from contriever_repro.evaluation.quick_eval import dev_scorer
 from contriever_repro.models.spec import ModelSpec
 from contriever_repro.training.config import FinetuneConfig
-from contriever_repro.training.engine import PREEMPTED_EXIT_CODE, Preempted
+from contriever_repro.training.engine import PREEMPTED_EXIT_CODE, Preempted, finish_distributed
 from contriever_repro.training.finetune import finetune, load_training_data
 from contriever_repro.training.loop import flush_denormals
 
@@ -80,7 +80,9 @@ def main():
         )
     except Preempted as stop:
         log.warning("%s", stop)
+        finish_distributed()
         sys.exit(PREEMPTED_EXIT_CODE)
+    finish_distributed()
     if args.summary:
         from contriever_repro.io import write_text
 

@@ -14,6 +14,7 @@ import time
 
 from contriever_repro.cli import add_training_args, run_main, set_threads, training_deadline
 from contriever_repro.training.config import PretrainConfig
+from contriever_repro.training.engine import finish_distributed
 from contriever_repro.training.loop import PREEMPTED_EXIT_CODE, Preempted, flush_denormals, pretrain
 
 log = logging.getLogger("pretrain")
@@ -53,7 +54,9 @@ def main():
         )
     except Preempted as stop:
         log.warning("%s", stop)
+        finish_distributed()
         sys.exit(PREEMPTED_EXIT_CODE)
+    finish_distributed()
     if args.summary:
         from contriever_repro.io import write_text
 

@@ -160,6 +160,13 @@ def setup_distributed(device: str | None = None) -> Dist:
     return Dist(rank, world, local_rank, dev)
 
 
+def finish_distributed() -> None:
+    """Leave the process group (a training script's last step): a process that exits
+    while gloo's threads still run can abort at interpreter shutdown."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 class StopFlag:
     """Set by SIGUSR1/SIGTERM or by passing a deadline; read once per step."""
 
