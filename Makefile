@@ -9,7 +9,7 @@ CONSTRAINTS ?= -c constraints/cpu.txt
 CORES ?= 2
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint dry-run bench bench-pretrain clean-demo
+.PHONY: install demo test lint dry-run bench bench-pretrain bench-finetune clean-demo
 
 install: $(VENV)/.installed
 
