@@ -8,10 +8,15 @@ phase-1 model), which no retry fixes.
 import argparse
 import json
 import logging
-import sys
 import time
 
-from contriever_repro.cli import add_training_args, run_main, set_threads, training_deadline
+from contriever_repro.cli import (
+    add_training_args,
+    run_main,
+    run_training,
+    set_threads,
+    training_deadline,
+)
 from contriever_repro.evaluation.quick_eval import dev_scorer
 from contriever_repro.models.spec import ModelSpec
 from contriever_repro.training.config import FinetuneConfig
@@ -65,8 +70,8 @@ def main():
         )
         return dev_scorer(spec, *dev, metric=cfg.eval_metric)
 
-    try:
-        summary = finetune(
+    run_training(
+        lambda: finetune(
             cfg,
             args.init,
             data,
@@ -77,16 +82,12 @@ def main():
             device=args.device,
             attempt=args.attempt,
             dev_scorer=scorer,
-        )
-    except Preempted as stop:
-        log.warning("%s", stop)
-        finish_distributed()
-        sys.exit(PREEMPTED_EXIT_CODE)
-    finish_distributed()
-    if args.summary:
-        from contriever_repro.io import write_text
-
-        write_text(json.dumps(summary, indent=1, default=str) + "\n", args.summary)
+        ),
+        args.summary,
+        (Preempted,),
+        PREEMPTED_EXIT_CODE,
+        finish_distributed,
+    )
 
 
 if __name__ == "__main__":

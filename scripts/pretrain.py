@@ -9,10 +9,15 @@ folder in use), which no retry fixes: later attempts stop at once (training.loop
 import argparse
 import json
 import logging
-import sys
 import time
 
-from contriever_repro.cli import add_training_args, run_main, set_threads, training_deadline
+from contriever_repro.cli import (
+    add_training_args,
+    run_main,
+    run_training,
+    set_threads,
+    training_deadline,
+)
 from contriever_repro.training.config import PretrainConfig
 from contriever_repro.training.engine import finish_distributed
 from contriever_repro.training.loop import PREEMPTED_EXIT_CODE, Preempted, flush_denormals, pretrain
@@ -40,8 +45,8 @@ def main():
     flush_denormals(cfg)  # before any torch op starts the thread pool
     set_threads(args.threads)
     deadline = training_deadline(args, time.time())
-    try:
-        summary = pretrain(
+    run_training(
+        lambda: pretrain(
             cfg,
             args.init,
             dict(args.source),
@@ -51,16 +56,12 @@ def main():
             deadline=deadline,
             device=args.device,
             attempt=args.attempt,
-        )
-    except Preempted as stop:
-        log.warning("%s", stop)
-        finish_distributed()
-        sys.exit(PREEMPTED_EXIT_CODE)
-    finish_distributed()
-    if args.summary:
-        from contriever_repro.io import write_text
-
-        write_text(json.dumps(summary, indent=1, default=str) + "\n", args.summary)
+        ),
+        args.summary,
+        (Preempted,),
+        PREEMPTED_EXIT_CODE,
+        finish_distributed,
+    )
 
 
 if __name__ == "__main__":

@@ -83,3 +83,23 @@ def training_deadline(args, now: float) -> float | None:
         return None
     limit, margin = args.time_limit_min, args.stop_margin_min
     return now + 60 * (limit - margin if limit > 2 * margin else limit / 2)
+
+
+def run_training(
+    train, summary_path: str | None, stop_exceptions: tuple, stop_code: int, finish
+) -> None:
+    """The end of a training script: a pre-emption exits with `stop_code` (75, a retry
+    resumes), the process group is left in every case, the summary written if asked."""
+    import json
+
+    try:
+        summary = train()
+    except stop_exceptions as stop:
+        logging.getLogger("contriever_repro").warning("%s", stop)
+        finish()
+        sys.exit(stop_code)
+    finish()
+    if summary_path:
+        from .io import write_text
+
+        write_text(json.dumps(summary, indent=1, default=str) + "\n", summary_path)
