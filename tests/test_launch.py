@@ -1,5 +1,7 @@
 """Launch commands and SLURM resources of a training job, and the checksum listings."""
 
+import os
+
 import pytest
 
 from contriever_repro.data.download import md5_from_listing
@@ -82,6 +84,36 @@ def test_node_exit_status_keeps_the_checkpoint_stop():
     assert exit_code({0: 75, 1: -15}) == 75  # torchrun ended rank 1 after rank 0 stopped
     assert exit_code({0: 1, 1: -15}) == 1
     assert exit_code({0: -9}) == 1
+
+
+@pytest.mark.parametrize("trainer_stopped", [True, False])
+def test_a_lost_rendezvous_after_a_checkpoint_stop_is_still_75(monkeypatch, trainer_stopped):
+    """The node hosting torchrun's rendezvous may finish first; the other node's torchrun
+    then raises on the lost store. Its exit is 75 only if its trainers marked a stop."""
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.rendezvous.api import RendezvousConnectionError
+
+    from contriever_repro.cli import mark_stopped
+    from contriever_repro.training.launch import STOPPED_FILE_ENV, node_main
+
+    def fake_run(args):
+        assert os.environ[STOPPED_FILE_ENV]  # what the trainers inherit
+        if trainer_stopped:
+            mark_stopped()
+        raise RendezvousConnectionError("The connection to the C10d store has failed.")
+
+    monkeypatch.setattr(torchrun, "run", fake_run)
+    monkeypatch.delenv(STOPPED_FILE_ENV, raising=False)
+    monkeypatch.setenv("SLURM_STEP_NODELIST", "node[1-2]")
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    argv = ["--nnodes", "2", "--nproc-per-node", "1", "--", "train.py"]
+    if trainer_stopped:
+        with pytest.raises(SystemExit) as stop:
+            node_main(argv)
+        assert stop.value.code == 75
+    else:
+        with pytest.raises(RendezvousConnectionError):
+            node_main(argv)
 
 
 def test_md5_from_a_wikimedia_style_listing():

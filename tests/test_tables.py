@@ -556,8 +556,11 @@ def _table_datasets(paper: dict, table: str) -> list[str]:
 
 
 def test_paper_results_shape(paper):
-    datasets = paper["datasets"]
-    assert len(datasets) == 15
+    assert len(paper["datasets"]) == 15
+    assert paper["qa_datasets"] == ["nq-open", "tqa-open"]
+    assert len(paper["mkqa_datasets"]) == 26
+    # every table's rows, in the paper's order: BEIR, open-domain QA, MKQA languages
+    datasets = [*paper["datasets"], *paper["qa_datasets"], *paper["mkqa_datasets"]]
     for table, meta in paper["tables"].items():
         shown = _table_datasets(paper, table)
         # BEIR names, each once, in the paper's column order (Table 3's is not BEIR's).
@@ -613,7 +616,8 @@ def test_paper_averages_match_per_dataset_values(paper):
                     mean = sum(values) / len(values)
                     if abs(mean - reported) > 0.1 + 1e-9:
                         off.add((table, key, metric, avg_name))
-    assert checked == 44 + 10 + 2  # Tables 2, 10, 11; Tables 6, 7, 8; Table 9 (3 has none)
+    # Tables 2, 10, 11; 6, 7, 8; 9; MKQA 5, 13, 14 (Tables 1 and 3 have none)
+    assert checked == 44 + 10 + 2 + 8 + 4 + 4
     assert off == known
 
 
@@ -768,6 +772,79 @@ def test_ablation_tables_are_transcribed_as_printed(paper, table):
         system = paper["systems"][key]
         assert system["ndcg@10"] == dict(zip(datasets, values, strict=True)), key
         assert system["averages"] == {table: {"ndcg@10": {avg_name: average}}}, key
+
+
+# Table 1 as the paper text prints it (systems as rows; NQ R@5/20/100, then TriviaQA).
+TABLE1_ROWS = {
+    "ict": "Inverse Cloze Task (Sachan et al., 2021b)",
+    "mss": "Masked salient spans (Sachan et al., 2021b)",
+    "bm25-ma": "BM25 (Ma et al., 2021)",
+    "contriever": "Contriever",
+    "dpr-openqa": "Supervised topline: DPR (Karpukhin et al., 2020)",
+}
+# The MKQA rows: Table 13/14 name mContriever "Contriever", Table 5 "mContriever".
+MKQA_ROWS = {
+    "cora": ("CORA", "CORA"),
+    "mbert-msmarco": ("mBERT + MS MARCO", "mBERT + MS MARCO"),
+    "mcontriever": ("Contriever", "mContriever"),
+    "mcontriever-msmarco": ("+ MS MARCO", "+ MS MARCO"),
+}
+TABLE5_LANGUAGES = ["en", "ar", "ja", "ko", "es", "he", "de"]
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _paper_section(number: int) -> str:
+    found = [p for p in PAPER_TEXT if p.exists()]
+    if not found:
+        pytest.skip("paper text not available")
+    text = found[0].read_text(encoding="utf-8")
+    start = text.index(f"Table {number}: ")
+    return text[start : start + 3000]
+
+
+def test_table1_is_the_paper_text(paper):
+    section = _paper_section(1)
+    assert paper["tables"]["table1"]["systems"] == list(TABLE1_ROWS)
+    for key, label in TABLE1_ROWS.items():
+        system = paper["systems"][key]
+        values = [
+            system[f"accuracy@{k}"][ds] for ds in ("nq-open", "tqa-open") for k in (5, 20, 100)
+        ]
+        assert "\t".join([label, *map(_fmt, values)]) + "\n" in section, key
+
+
+@pytest.mark.parametrize("number,metric", [(13, "accuracy@100"), (14, "accuracy@20")])
+def test_mkqa_tables_13_and_14_are_the_paper_text(paper, number, metric):
+    """Each printed row is split in two: average and 13 languages, then 13 more."""
+    section = _paper_section(number)
+    languages = paper["mkqa_datasets"]
+    for key, (label, _) in MKQA_ROWS.items():
+        system = paper["systems"][key]
+        values = [_fmt(system[metric][ds]) for ds in languages]
+        average = system["averages"][f"table{number}"][metric]["Avg."]
+        first = "\t".join([label, _fmt(average), *values[:13]])
+        second = "\t".join([label, "", *values[13:]])
+        assert f"{first}\n" in section and f"{second}\n" in section, key
+
+
+def test_mkqa_table5_is_the_paper_text_and_agrees_with_tables_13_and_14(paper):
+    section = _paper_section(5)
+    for key, (_, label) in MKQA_ROWS.items():
+        system = paper["systems"][key]
+        averages = system["averages"]
+        r20, r100 = (
+            averages["table5"]["accuracy@20"]["Avg."],
+            averages["table5"]["accuracy@100"]["Avg."],
+        )
+        assert (r20, r100) == (
+            averages["table14"]["accuracy@20"]["Avg."],
+            averages["table13"]["accuracy@100"]["Avg."],
+        )
+        langs = [_fmt(system["accuracy@100"][f"mkqa-{lang}"]) for lang in TABLE5_LANGUAGES]
+        assert "\t".join([label, _fmt(r20), _fmt(r100), *langs]) + "\n" in section, key
 
 
 def test_table7_crop_and_table8_wiki_are_the_same_model(paper):

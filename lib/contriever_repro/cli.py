@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -85,6 +86,17 @@ def training_deadline(args, now: float) -> float | None:
     return now + 60 * (limit - margin if limit > 2 * margin else limit / 2)
 
 
+def mark_stopped() -> None:
+    """Tell the multi-node launcher that this trainer stopped with a checkpoint
+    (training/launch.py, STOPPED_FILE_ENV)."""
+    from .training.launch import STOPPED_FILE_ENV
+
+    path = os.environ.get(STOPPED_FILE_ENV)
+    if path:
+        with open(path, "a"):
+            pass
+
+
 def run_training(
     train, summary_path: str | None, stop_exceptions: tuple, stop_code: int, finish
 ) -> None:
@@ -96,6 +108,7 @@ def run_training(
         summary = train()
     except stop_exceptions as stop:
         logging.getLogger("contriever_repro").warning("%s", stop)
+        mark_stopped()
         finish()
         sys.exit(stop_code)
     finish()

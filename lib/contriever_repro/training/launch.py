@@ -27,13 +27,19 @@ import re
 import shlex
 import signal
 import sys
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 
 from ..errors import InputError
 
 RDZV_PORT = 29500  # + SLURM job id mod 1000: two jobs sharing a node do not collide
 STOP_LEAD_S = 600  # = scripts/pretrain.py's default --stop-margin-min (10)
 PREEMPTED_EXIT_CODE = 75  # loop.PREEMPTED_EXIT_CODE, without importing torch here
+# A trainer that stopped with a checkpoint touches the file this variable names (cli.py):
+# the node whose torchrun hosts the rendezvous may exit first, and the other node's
+# torchrun then fails on the lost store instead of reporting its workers' 75.
+STOPPED_FILE_ENV = "CONTRIEVER_STOPPED_FILE"
 
 
 def launch_prefix(
@@ -208,11 +214,25 @@ def node_main(argv: list[str] | None = None) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    try:
-        run(parse_args(targs))
-    except ChildFailedError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(exit_code({r: f.exitcode for r, f in err.failures.items()}))
+    with tempfile.TemporaryDirectory(prefix="contriever-launch-") as tmp:
+        stopped = Path(tmp) / "stopped"
+        os.environ[STOPPED_FILE_ENV] = str(stopped)
+        try:
+            run(parse_args(targs))
+        except ChildFailedError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(exit_code({r: f.exitcode for r, f in err.failures.items()}))
+        except Exception as err:
+            # torchrun has already waited for this node's workers (its agent shuts
+            # them down before raising).
+            if not stopped.exists():
+                raise
+            print(
+                f"note: the trainers stopped with a checkpoint; torchrun then lost the "
+                f"rendezvous ({type(err).__name__}), as the node hosting it had finished",
+                file=sys.stderr,
+            )
+            sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":
