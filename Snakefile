@@ -43,6 +43,9 @@ include: "workflow/rules/reporting.smk"
 localrules:
     download_beir,
     download_corpus,
+    download_qa,
+    qa_questions,
+    mkqa_questions,
     prefetch_model,
     unpack_beir,
     evaluate,

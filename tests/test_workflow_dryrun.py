@@ -515,3 +515,72 @@ def test_few_shot_and_ablation_fine_tuning_dry_run(fake_slurm):
         model = job["wildcards"]["model"]
         if model.startswith("fewshot-"):
             assert model.endswith(job["wildcards"]["unit"])
+
+
+@pytest.fixture(scope="module")
+def qa_dry_run(fake_slurm):
+    """Tables 1 and 5 through the SLURM profile: one collection, encoded in 64 GPU jobs
+    per model, searched by every question set."""
+    proc = snakemake(
+        "-n", "--profile", "slurm", "results/table1.csv", "results/table5.csv", "--nolock",
+        cwd=ROOT, env={"PATH": fake_slurm["PATH"]},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    return _jobs(proc.stdout + proc.stderr), proc.stdout + proc.stderr
+
+
+def test_table1_and_table5_dags_encode_the_collection_once_per_model(qa_dry_run):
+    jobs, out = qa_dry_run
+    assert [j["wildcards"]["item"] for j in jobs["download_qa"]].count("dpr-wikipedia") == 1
+    assert {j["wildcards"]["item"] for j in jobs["download_qa"]} == {
+        "dpr-wikipedia", "nq-open", "tqa-open", "mkqa",
+    }  # fmt: skip
+    assert [j["wildcards"]["collection"] for j in jobs["convert_passages"]] == ["dpr-wikipedia"]
+    assert len(jobs["mkqa_questions"]) == 1
+    models = {
+        "contriever-qa", "contriever-trained-qa", "mcontriever-released",
+        "mcontriever-msmarco-released", "mcontriever-qa",
+    }  # fmt: skip
+    corpus = [j for j in jobs["encode_corpus"] if j["wildcards"]["unit"] == "dpr-wikipedia"]
+    assert len(corpus) == 64 * len(models)
+    assert {j["wildcards"]["model"] for j in corpus} == models
+    # questions: NQ and TriviaQA for the two English models, 26 MKQA languages for three
+    searched = {(j["wildcards"]["model"], j["wildcards"]["unit"]) for j in jobs["search"]}
+    assert len(searched) == 2 * 2 + 3 * 26
+    for rule in ("encode_corpus", "encode_queries", "search"):
+        for job in jobs[rule]:
+            res = job["resources"]
+            assert res.get("gpu") == "1" and "gpus" not in res, (rule, res)
+            assert int(res["mem_mb"]) >= 32000 and int(res["cpus_per_task"]) >= 4, (rule, res)
+    assert len(jobs["evaluate_qa"]) == 2 * 2 + 3 * 26
+    # exact search over the 64 shards, top 100, nothing dropped (question ids are not doc ids)
+    search = re.findall(r"(?m)^Shell command: .*scripts/search\.py .*tqa-open.*$", out)
+    assert search and all(cmd.count("--shard ") == 64 for cmd in search)
+    assert all("--top-k 100 --keep-identical-ids" in cmd for cmd in search)
+    # released checkpoints fetched on the submit host; fp16 and mContriever's text settings
+    prefetched = {j["wildcards"]["repo"] for j in jobs["prefetch_model"]}
+    assert {"facebook--mcontriever", "facebook--mcontriever-msmarco"} <= prefetched
+
+
+def test_an_approximate_index_is_built_once_per_model_and_collection(fake_slurm, tmp_path):
+    overlay = tmp_path / "ann.yaml"
+    overlay.write_text(
+        "extends: config/config.yaml\n"
+        "qa: {index: {factory: 'IVF65536,PQ64', train_size: 1000000, "
+        "search_params: {nprobe: 128}}}\n"
+    )
+    proc = snakemake(
+        "-n", "--profile", "slurm", "results/table1.csv", "--nolock",
+        "--configfile", str(overlay), cwd=ROOT, env={"PATH": fake_slurm["PATH"]},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    out = proc.stdout + proc.stderr
+    jobs = _jobs(out)
+    assert sorted(j["wildcards"]["model"] for j in jobs["build_index"]) == [
+        "contriever-qa",
+        "contriever-trained-qa",
+    ]
+    assert all(j["resources"].get("gpu") == "1" for j in jobs["build_index"])
+    search = re.findall(r"(?m)^Shell command: .*scripts/search\.py .*$", out)
+    assert search and all("--index " in c and "--shard " not in c for c in search)
+    assert all("--search-param nprobe=128" in c for c in search)

@@ -6,6 +6,7 @@ Schemas (IDs are always strings):
   qrels   (query_id, doc_id, relevance)
   run     (query_id, doc_id, rank, score)
   records (query_id, positive_ids list, negative_ids list, negative_kind): training queries
+  answers (query_id, answers list): answers of a question set, matched in passage texts
   metrics long form (model, dataset, split, metric, value, ...)
 """
 
@@ -51,12 +52,16 @@ RECORDS_SCHEMA = pa.schema(
     ]
 )
 
+# A question set's answers (open-domain QA, MKQA): matched against passage texts.
+ANSWERS_SCHEMA = pa.schema([("query_id", pa.string()), ("answers", pa.list_(pa.string()))])
+
 SCHEMAS = {
     "corpus": CORPUS_SCHEMA,
     "queries": QUERIES_SCHEMA,
     "qrels": QRELS_SCHEMA,
     "run": RUN_SCHEMA,
     "records": RECORDS_SCHEMA,
+    "answers": ANSWERS_SCHEMA,
 }
 
 

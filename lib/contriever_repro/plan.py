@@ -123,6 +123,84 @@ def dataset_units(config: dict, catalog: dict) -> dict[str, list[Unit]]:
     return out
 
 
+# ------------------------------------------------------------ open-domain QA and MKQA
+
+QA_DEFAULTS = {"top_k": 100, "k_values": [1, 5, 10, 20, 50, 100], "index": None}
+
+
+@dataclass(frozen=True)
+class QASet:
+    """One question set retrieving from a passage collection (Table 1's NQ and TriviaQA,
+    or one MKQA language): hits are judged by DPR's answer match, not by qrels."""
+
+    name: str
+    collection: str
+    kind: str  # "questions" (a question file of its own) or "mkqa" (one language of MKQA)
+    language: str | None  # MKQA language code
+    normalize_answers: bool  # the authors' text normaliser on passages and answers (MKQA)
+
+
+def qa_settings(config: dict) -> dict:
+    """`qa:` with its defaults: top_k retrieved per question, the k of R@k, the index."""
+    return {**QA_DEFAULTS, **(config.get("qa") or {})}
+
+
+def qa_sets(config: dict) -> dict[str, QASet]:
+    """Every question set: `qa_sets` entries, then one `<prefix><lang>` per MKQA language,
+    each checked against the collections, the data sets and MKQA's own languages."""
+    collections = config.get("passage_collections") or {}
+    datasets = config.get("datasets") or {}
+    out: dict[str, QASet] = {}
+
+    def add(where: str, qa: QASet) -> None:
+        if qa.collection not in collections:
+            raise InputError(
+                f"{where}.collection: '{qa.collection}' is not defined under "
+                f"passage_collections (known: {sorted(collections)})"
+            )
+        if qa.name in datasets or qa.name in collections or qa.name in out:
+            raise InputError(f"{where}: the name '{qa.name}' is already used")
+        out[qa.name] = qa
+
+    for name, cfg in (config.get("qa_sets") or {}).items():
+        cfg = cfg or {}
+        qa = QASet(name, str(cfg.get("collection", "")), "questions", None,
+                   bool(cfg.get("normalize_answers", False)))  # fmt: skip
+        add(f"qa_sets.{name}", qa)
+    mkqa = config.get("mkqa")
+    if mkqa:
+        from .data.mkqa import MKQA_LANGUAGES
+
+        languages = mkqa.get("languages") or list(MKQA_LANGUAGES)
+        for lang in languages:
+            if lang not in MKQA_LANGUAGES:
+                raise InputError(
+                    f"mkqa.languages: MKQA has no language '{lang}' (its 26 codes: "
+                    f"{', '.join(MKQA_LANGUAGES)}; Chinese is zh_cn, zh_hk, zh_tw)"
+                )
+        for lang in languages:
+            name = f"{mkqa.get('prefix', 'mkqa-')}{lang}"
+            qa = QASet(name, str(mkqa.get("collection", "")), "mkqa", lang,
+                       bool(mkqa.get("normalize_answers", True)))  # fmt: skip
+            add("mkqa", qa)
+    for name, cfg in collections.items():
+        if name in datasets:
+            raise InputError(f"passage_collections.{name}: the name is also a data set")
+    return out
+
+
+def qa_source_config(config: dict, name: str) -> dict:
+    """Everything that defines a question set's data (for its scores' config hash): its
+    `qa_sets` entry or MKQA's with the language, and its collection's entry."""
+    qa = qa_sets(config)[name]
+    if qa.kind == "mkqa":
+        own = {**(config.get("mkqa") or {}), "language": qa.language}
+        own.pop("languages", None)
+    else:
+        own = dict(config["qa_sets"][name])
+    return {"questions": own, "collection": config["passage_collections"][qa.collection]}
+
+
 def local_unit_files(unit: Unit) -> list[str]:
     """The files of a `source: local` unit that its conversion reads (BEIR layout:
     corpus.jsonl, queries.jsonl, qrels/<split>.tsv, in the sub-forum folder for a
@@ -294,7 +372,7 @@ def check_references(config: dict) -> None:
     from .reporting.tables import DATASET_PLACEHOLDER, expand_model
 
     models = config.get("models") or {}
-    datasets = config.get("datasets") or {}
+    datasets = {**(config.get("datasets") or {}), **qa_sets(config)}
     for kind in ("tables", "figures"):
         for name, spec in (config.get(kind) or {}).items():
             if not isinstance(spec, Mapping):
@@ -303,8 +381,8 @@ def check_references(config: dict) -> None:
             for ds in spec.get("datasets") or []:
                 if isinstance(ds, str) and ds not in datasets:
                     raise InputError(
-                        f"{where}.datasets: '{ds}' is not defined under datasets "
-                        f"(known: {sorted(datasets)})"
+                        f"{where}.datasets: '{ds}' is not defined under datasets, "
+                        f"qa_sets or mkqa.languages (known: {sorted(datasets)})"
                     )
             for i, col in enumerate(spec.get("columns") or []):
                 model = col.get("model") if isinstance(col, Mapping) else None
@@ -343,7 +421,10 @@ def known_metrics(config: dict) -> set[str]:
     from .evaluation.metrics import DEFAULT_K_VALUES, FAMILIES
 
     ks = (config.get("evaluation") or {}).get("k_values") or DEFAULT_K_VALUES
-    return {f"{family}@{k}" for family in FAMILIES for k in ks}
+    known = {f"{family}@{k}" for family in FAMILIES for k in ks}
+    if config.get("qa_sets") or config.get("mkqa"):  # top-k retrieval accuracy (R@k)
+        known |= {f"accuracy@{k}" for k in qa_settings(config)["k_values"]}
+    return known
 
 
 def _check_computed_metrics(

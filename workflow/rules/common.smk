@@ -42,6 +42,12 @@ plan.check_reports(config)  # tables and figures, incl. check_references
 plan.check_pretraining(config)
 DATASET_UNITS = plan.dataset_units(config, BEIR_CATALOG)
 UNITS = {u.name: u for units in DATASET_UNITS.values() for u in units}
+# Open-domain QA and MKQA: question sets (data sets of the tables) over passage collections.
+QA_SETS = plan.qa_sets(config)
+COLLECTIONS = config.get("passage_collections") or {}
+MKQA = config.get("mkqa") or {}
+MKQA_SETS = [name for name, qa in QA_SETS.items() if qa.kind == "mkqa"]
+QA = plan.qa_settings(config)
 
 
 wildcard_constraints:
@@ -125,7 +131,16 @@ def source_arg(model):
 
 
 def unit_tables(unit):
+    """The parquet tables of a BEIR unit, or of a question set (its collection's corpus,
+    its questions and their answers)."""
     base = f"{WORK}/data/{unit}"
+    if unit in QA_SETS:
+        collection = QA_SETS[unit].collection
+        return {
+            "corpus": f"{WORK}/data/{collection}/corpus.parquet",
+            "queries": f"{base}/queries.parquet",
+            "answers": f"{base}/answers.parquet",
+        }
     return {
         "corpus": f"{base}/corpus.parquet",
         "queries": f"{base}/queries.parquet",
@@ -134,8 +149,75 @@ def unit_tables(unit):
 
 
 def corpus_shards(model, unit):
-    n = UNITS[unit].shards
+    """Embedding shards of a unit's corpus; a question set searches its collection's."""
+    if unit in QA_SETS:
+        unit = QA_SETS[unit].collection
+    n = UNITS[unit].shards if unit in UNITS else int(COLLECTIONS[unit].get("shards", 1))
     return [f"{WORK}/embeddings/{model}/{unit}/corpus.{i}-of-{n}.npy" for i in range(n)]
+
+
+def index_prefix(model, unit):
+    """The approximate index a question set is searched with (qa.index), or None."""
+    if unit not in QA_SETS or not QA["index"]:
+        return None
+    return f"{WORK}/indexes/{model}/{QA_SETS[unit].collection}"
+
+
+def search_inputs(wildcards):
+    prefix = index_prefix(wildcards.model, wildcards.unit)
+    if prefix:
+        return [f"{prefix}.faiss", f"{prefix}.ids.parquet", f"{prefix}.json"]
+    return corpus_shards(wildcards.model, wildcards.unit)
+
+
+def search_corpus_args(wildcards, input):
+    """`--shard P ...` (exact search over the embedding shards) or `--index P` with its
+    search parameters (approximate index), each value quoted."""
+    prefix = index_prefix(wildcards.model, wildcards.unit)
+    if prefix:
+        params = (QA["index"] or {}).get("search_params") or {}
+        args = [f"--index {shlex.quote(prefix)}"]
+        args += [f"--search-param {shlex.quote(f'{k}={v}')}" for k, v in params.items()]
+        return " ".join(args)
+    return " ".join(f"--shard {shlex.quote(s[: -len('.npy')])}" for s in input.shards)
+
+
+def search_top_k(wildcards):
+    return QA["top_k"] if wildcards.unit in QA_SETS else config["evaluation"]["top_k"]
+
+
+def search_identical(wildcards):
+    """Question and passage ids are unrelated namespaces: nothing is dropped for QA."""
+    return "--keep-identical-ids" if wildcards.unit in QA_SETS else IDENTICAL_IDS
+
+
+def qa_source(item):
+    """Config of a downloadable QA input: a collection, a question set or `mkqa`."""
+    if item == "mkqa":
+        return MKQA
+    if item in COLLECTIONS:
+        return COLLECTIONS[item]
+    return config["qa_sets"][item]
+
+
+def qa_raw_input(item):
+    """What the conversion of a QA input depends on: the download, the local file, or
+    the demo world's folder."""
+    cfg = qa_source(item)
+    source = cfg.get("source", "url")
+    if source == "local":
+        return cfg["path"]
+    if source == "demo":
+        return f"{WORK}/raw/demo"
+    return f"{WORK}/downloads/qa/{item}/{Path(cfg['url'].split('?')[0]).name}"
+
+
+def qa_raw_file(item):
+    """The file the conversion of a QA input reads."""
+    cfg = qa_source(item)
+    if cfg.get("source", "url") == "demo":
+        return f"{WORK}/raw/demo/{cfg['path']}"
+    return qa_raw_input(item)
 
 
 def run_path(model, unit):

@@ -48,6 +48,8 @@ rule convert_beir:
         qrels=f"{WORK}/data/{{unit}}/qrels.parquet",
     log:
         f"{WORK}/logs/convert_beir/{{unit}}.log",
+    wildcard_constraints:
+        unit=one_of(UNITS),
     resources:
         **{**rule_resources("convert"), "mem_mb": convert_mem_mb},
     params:
@@ -64,6 +66,98 @@ rule convert_beir:
         "{params.py:q} {params.script:q} --folder {params.folder:q} --split {params.split:q} "
         "--corpus {output.corpus:q} --queries {output.queries:q} --qrels {output.qrels:q} "
         "{params.lenient} 2> {log:q}"
+
+
+# ------------------------------------------------------ open-domain QA and MKQA inputs
+# Passages (DPR's psgs_w100.tsv format), question sets with answers, MKQA; code:
+# lib/contriever_repro/data/openqa.py and mkqa.py.
+
+
+rule download_qa:
+    output:
+        f"{WORK}/downloads/qa/{{item}}/{{filename}}",
+    log:
+        f"{WORK}/logs/download_qa/{{item}}/{{filename}}.log",
+    wildcard_constraints:
+        item=one_of([*COLLECTIONS, *(config.get("qa_sets") or {}), "mkqa"]),
+        filename=r"[^/]+",
+    retries: 0  # retries and resumes by itself, as download_beir
+    resources:
+        **rule_resources("download"),
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/download_file.py",
+        url=lambda wc: qa_source(wc.item)["url"],
+        md5=lambda wc: qa_source(wc.item).get("md5") or "",
+    shell:
+        "{params.py:q} {params.script:q} --url={params.url:q} --md5={params.md5:q} "
+        "--mirror={MIRROR:q} --out={output:q} 2> {log:q}"
+
+
+rule convert_passages:
+    input:
+        lambda wc: qa_raw_input(wc.collection),
+    output:
+        f"{WORK}/data/{{collection}}/corpus.parquet",
+    log:
+        f"{WORK}/logs/convert_passages/{{collection}}.log",
+    wildcard_constraints:
+        collection=one_of(COLLECTIONS),
+    resources:
+        **rule_resources("convert_passages"),
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/qa_inputs.py",
+        file=lambda wc: qa_raw_file(wc.collection),
+    shell:
+        "{params.py:q} {params.script:q} passages --input {params.file:q} "
+        "--out {output:q} 2> {log:q}"
+
+
+rule qa_questions:
+    input:
+        lambda wc: qa_raw_input(wc.qaset),
+    output:
+        queries=f"{WORK}/data/{{qaset}}/queries.parquet",
+        answers=f"{WORK}/data/{{qaset}}/answers.parquet",
+    log:
+        f"{WORK}/logs/qa_questions/{{qaset}}.log",
+    wildcard_constraints:
+        qaset=one_of(config.get("qa_sets") or {}),
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/qa_inputs.py",
+        file=lambda wc: qa_raw_file(wc.qaset),
+        format=lambda wc: config["qa_sets"][wc.qaset].get("format", "auto"),
+        expected=lambda wc: config["qa_sets"][wc.qaset].get("expected_questions") or 0,
+    shell:
+        "{params.py:q} {params.script:q} questions --input {params.file:q} "
+        "--format {params.format:q} --expected {params.expected:q} "
+        "--queries {output.queries:q} --answers {output.answers:q} 2> {log:q}"
+
+
+rule mkqa_questions:
+    input:
+        qa_raw_input("mkqa") if MKQA else [],
+    output:
+        queries=[f"{WORK}/data/{name}/queries.parquet" for name in MKQA_SETS],
+        answers=[f"{WORK}/data/{name}/answers.parquet" for name in MKQA_SETS],
+        counts=f"{WORK}/data/mkqa.counts.json",
+    log:
+        f"{WORK}/logs/mkqa_questions.log",
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/qa_inputs.py",
+        file=qa_raw_file("mkqa") if MKQA else "",
+        languages=json.dumps([QA_SETS[name].language for name in MKQA_SETS]),
+        expected=MKQA.get("expected_per_language") or 0,
+        out_dir=f"{WORK}/data",
+        prefix=MKQA.get("prefix", "mkqa-"),
+    shell:
+        "{params.py:q} {params.script:q} mkqa --input {params.file:q} "
+        "--languages {params.languages:q} --expected {params.expected:q} "
+        "--out-dir {params.out_dir:q} --prefix {params.prefix:q} "
+        "--counts {output.counts:q} 2> {log:q}"
 
 
 # ------------------------------------------------------------ the offline demo world

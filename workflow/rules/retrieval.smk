@@ -61,7 +61,7 @@ rule encode_queries:
 rule search:
     input:
         queries=f"{WORK}/embeddings/{{model}}/{{unit}}/queries.npy",
-        shards=lambda wc: corpus_shards(wc.model, wc.unit),
+        shards=search_inputs,
     output:
         run=f"{WORK}/runs/dense/{{model}}/{{unit}}.parquet",
         trec=f"{WORK}/runs/dense/{{model}}/{{unit}}.trec",
@@ -73,11 +73,10 @@ rule search:
     params:
         py=PY,
         script=f"{SCRIPTS}/search.py",
-        top_k=config["evaluation"]["top_k"],
-        identical=IDENTICAL_IDS,
-        shard_args=lambda wc, input: " ".join(
-            f"--shard {shlex.quote(s[: -len('.npy')])}" for s in input.shards
-        ),
+        top_k=search_top_k,
+        identical=search_identical,
+        # the embedding shards (exact), or the approximate index of a question set
+        shard_args=search_corpus_args,
         queries=lambda wc, input: input.queries[: -len(".npy")],
         device=DEVICE,
         gpus=lambda wc, resources: resources.get("gpu", 0),
@@ -86,6 +85,44 @@ rule search:
         "--top-k {params.top_k:q} {params.identical} --tag {wildcards.model:q} "
         "--run {output.run:q} --trec {output.trec:q} --device {params.device:q} "
         "--gpus {params.gpus:q} --threads {threads:q} 2> {log:q}"
+
+
+# An approximate FAISS index of a passage collection (config qa.index), for machines
+# where the exact search's embeddings do not fit: trained on a sample, built once per
+# model and searched by every question set of the collection. Its recall against the
+# exact search on a sample of the questions is written beside it.
+# Code: lib/contriever_repro/retrieval/index.py.
+rule build_index:
+    input:
+        shards=lambda wc: corpus_shards(wc.model, wc.collection),
+    output:
+        index=f"{WORK}/indexes/{{model}}/{{collection}}.faiss",
+        ids=f"{WORK}/indexes/{{model}}/{{collection}}.ids.parquet",
+        meta=f"{WORK}/indexes/{{model}}/{{collection}}.json",
+    log:
+        f"{WORK}/logs/build_index/{{model}}/{{collection}}.log",
+    wildcard_constraints:
+        collection=one_of(COLLECTIONS),
+    threads: res("build_index", "cpus_per_task", 1)
+    resources:
+        **rule_resources("build_index"),
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/build_index.py",
+        shard_args=lambda wc, input: " ".join(
+            f"--shard {shlex.quote(s[: -len('.npy')])}" for s in input.shards
+        ),
+        factory=lambda wc: QA["index"]["factory"],
+        train_size=lambda wc: QA["index"].get("train_size", 1000000),
+        seed=lambda wc: QA["index"].get("seed", 0),
+        prefix=lambda wc, output: output.index[: -len(".faiss")],
+        device=DEVICE,
+        gpus=lambda wc, resources: resources.get("gpu", 0),
+    shell:
+        "{params.py:q} {params.script:q} {params.shard_args} --factory {params.factory:q} "
+        "--train-size {params.train_size:q} --seed {params.seed:q} "
+        "--out-prefix {params.prefix:q} --device {params.device:q} --gpus {params.gpus:q} "
+        "--threads {threads:q} 2> {log:q}"
 
 
 rule bm25:
