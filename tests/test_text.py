@@ -26,3 +26,14 @@ def test_prepare_normalises_then_lowercases():
 
 def test_collapse_whitespace():
     assert collapse_whitespace("  a \n\t b ") == "a b"
+
+
+def test_normaliser_rewrites_spaced_ellipsis_after_the_table():
+    assert normalize_text("wait . . . then") == "wait ... then"
+    # Only with spaces on both sides, and without overlaps (str.replace, as the authors).
+    assert normalize_text("a. . . b") == "a. . . b"
+    assert normalize_text("x . . . . . . y") == "x ... . . . y"
+    # Spaces or dots that appear only through the character table count too: the
+    # authors replace those characters before the " . . . " rewrite.
+    assert normalize_text("a\u000b. .\u00ad . b") == "a ... b"
+    assert normalize_text("a .\u0001 . . b") == "a ... b"

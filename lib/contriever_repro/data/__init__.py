@@ -1,3 +1,3 @@
-"""Data: downloads, BEIR-format conversion, pre-training corpora, text preparation, the demo world
-(rules in workflow/rules/data.smk).
+"""Data: downloads, BEIR-format conversion, pre-training corpora, text preparation, open-domain
+QA questions and DPR passages, MKQA, the demo world (rules in workflow/rules/data.smk).
 """

@@ -39,8 +39,17 @@ _TABLE.update(
 
 
 def normalize_text(text: str) -> str:
-    """Apply the Contriever character normaliser (tildes are deliberately left alone)."""
-    return text.translate(_TABLE)
+    """Apply the Contriever character normaliser (tildes are deliberately left alone).
+
+    The authors' `normalize` replaces characters one class at a time (controls,
+    hyphens, quotes, primes, the ellipsis), then rewrites " . . . " to " ... ", then maps
+    slashes. Every character step before that rewrite is folded into one table here and
+    the rewrite follows it, so a " . . . " that only appears after a control character,
+    VT/FF/NEL or a soft hyphen was replaced is rewritten too, as in theirs; the slash
+    mapping, the one step they run after it, can neither make nor break " . . . ".
+    `str.replace` scans left to right without overlaps, like theirs.
+    """
+    return text.translate(_TABLE).replace(" . . . ", " ... ")
 
 
 def passage_text(title: str | None, text: str, use_title: bool = True, sep: str = " ") -> str:

@@ -1,3 +1,3 @@
-"""Evaluation: metrics exactly as beir computes them, in-process scoring
-(workflow/rules/evaluation.smk).
+"""Evaluation: metrics exactly as beir computes them, DPR answer matching for open-domain QA,
+in-process scoring (workflow/rules/evaluation.smk).
 """
