@@ -47,7 +47,8 @@ def main():
     table = table.assign(n_queries=len(question_ids), **ident, run=args.run, **prov)
     front = ["model", "dataset", "unit", "split", "metric", "value", "n_queries"]
     table = table[front + [c for c in table.columns if c not in front]]
-    first = per_question_first_hit(hits, question_ids)
+    first = per_question_first_hit(hits, question_ids).rename("first_hit")
+    first = first.rename_axis("query_id").reset_index()
     write_table(hits.assign(model=args.model, dataset=args.dataset), args.hits)
     write_table(first.assign(**ident), args.per_query)
     write_table(table, args.out)

@@ -54,7 +54,7 @@ def mkqa(args) -> None:
     if args.expected:
         check_count(counts, args.expected, args.input)
     for lang, table in per_language.items():
-        _check_answers(table, f"{args.input} ({lang})", normalize=True)
+        _check_answers(table, f"{args.input} ({lang})", normalize=args.normalize_answers)
     for lang, table in per_language.items():
         folder = Path(args.out_dir) / f"{args.prefix}{lang}"
         _write_questions(table, str(folder / "queries.parquet"), str(folder / "answers.parquet"))
@@ -70,7 +70,7 @@ def main():
     p.add_argument("--out", required=True)
     q = sub.add_parser("questions", help="FiD json/jsonl or DPR qa.csv -> queries + answers")
     q.add_argument("--input", required=True)
-    q.add_argument("--format", default="auto", choices=["auto", "json", "jsonl", "dpr"])
+    q.add_argument("--format", default="auto", choices=["auto", "json", "jsonl", "qa-tsv"])
     q.add_argument("--expected", type=int, default=0, help="number of questions (0: any)")
     q.add_argument("--normalize-answers", action="store_true")
     q.add_argument("--queries", required=True)
@@ -82,6 +82,7 @@ def main():
     m.add_argument("--out-dir", required=True)
     m.add_argument("--prefix", default="mkqa-")
     m.add_argument("--counts", required=True)
+    m.add_argument("--normalize-answers", action="store_true")
     args = ap.parse_args()
     {"passages": passages, "questions": questions, "mkqa": mkqa}[args.what](args)
 

@@ -181,7 +181,7 @@ def qa_sets(config: dict) -> dict[str, QASet]:
         for lang in languages:
             name = f"{mkqa.get('prefix', 'mkqa-')}{lang}"
             qa = QASet(name, str(mkqa.get("collection", "")), "mkqa", lang,
-                       bool(mkqa.get("normalize_answers", True)))  # fmt: skip
+                       bool(mkqa.get("normalize_answers", False)))  # fmt: skip
             add("mkqa", qa)
     for name, cfg in collections.items():
         if name in datasets:

@@ -130,9 +130,12 @@ rule qa_questions:
         file=lambda wc: qa_raw_file(wc.qaset),
         format=lambda wc: config["qa_sets"][wc.qaset].get("format", "auto"),
         expected=lambda wc: config["qa_sets"][wc.qaset].get("expected_questions") or 0,
+        normalize=lambda wc: (
+            "--normalize-answers" if QA_SETS[wc.qaset].normalize_answers else ""
+        ),
     shell:
         "{params.py:q} {params.script:q} questions --input {params.file:q} "
-        "--format {params.format:q} --expected {params.expected:q} "
+        "--format {params.format:q} --expected {params.expected:q} {params.normalize} "
         "--queries {output.queries:q} --answers {output.answers:q} 2> {log:q}"
 
 
@@ -153,10 +156,11 @@ rule mkqa_questions:
         expected=MKQA.get("expected_per_language") or 0,
         out_dir=f"{WORK}/data",
         prefix=MKQA.get("prefix", "mkqa-"),
+        normalize="--normalize-answers" if MKQA.get("normalize_answers") else "",
     shell:
         "{params.py:q} {params.script:q} mkqa --input {params.file:q} "
         "--languages {params.languages:q} --expected {params.expected:q} "
-        "--out-dir {params.out_dir:q} --prefix {params.prefix:q} "
+        "--out-dir {params.out_dir:q} --prefix {params.prefix:q} {params.normalize} "
         "--counts {output.counts:q} 2> {log:q}"
 
 

@@ -396,3 +396,29 @@ def articles_from_lines(
                 done += 1
         except UnicodeDecodeError as err:
             raise InputError(f"not valid UTF-8: {err}", path, lineno + 1) from err
+
+
+def passage_texts(corpus_path: str | Path, doc_ids: Iterable[str]) -> dict[str, str]:
+    """The text (not the title) of the given passages of a corpus parquet, read in row
+    groups so that a 21M-passage collection never sits in memory; an id the corpus lacks
+    is an InputError naming it."""
+    wanted = set(map(str, doc_ids))
+    path = Path(corpus_path)
+    if not path.exists():
+        raise InputError("file does not exist", path)
+    found: dict[str, str] = {}
+    parquet = pq.ParquetFile(path)
+    for batch in parquet.iter_batches(columns=["doc_id", "text"], batch_size=200_000):
+        ids = batch.column(0).to_pylist()
+        texts = batch.column(1)
+        for i, doc_id in enumerate(ids):
+            if doc_id in wanted:
+                found[doc_id] = texts[i].as_py()
+    missing = wanted.difference(found)
+    if missing:
+        raise InputError(
+            f"{len(missing)} retrieved passage(s) are not in the collection, e.g. "
+            f"{sorted(missing)[:3]}; were the embeddings made from another corpus?",
+            path,
+        )
+    return found
