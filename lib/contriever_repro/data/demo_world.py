@@ -36,16 +36,56 @@ Dataset spec (one dict per data set; every key is optional):
   query_id_prefix  standard only: prefix of query ids, never clashing with the numeric
                    doc ids (default "q")
   doc_id_prefix    prefix of doc ids (default "")
+
+Languages (`languages` of config.demo_world, read by `make_world`): a list of MKQA
+codes or {"code": ..., "script": "latin" | "cyrillic" | "arabic"}; the position is the
+language index, and the first, which must be "en", is language 0 and plays English.
+Each language has its own made-up words and word order; a language in another script
+maps its words and the entity names through a fixed letter table (names are
+transliterated, as real names are across scripts), so lexical matching across scripts
+finds nothing, as in the paper's MKQA results. Latin-script languages keep the names.
+
+Open-domain QA (`generate_openqa`, spec `openqa`, every key optional):
+  n_articles       entities with an English "Wikipedia article" (default 600); each
+                   article states all the entity's facts, padded with topical clauses
+  article_words    [min, max] words of an article (default [150, 300])
+  passage_words    words per passage: articles are cut into disjoint blocks of this
+                   many words, as DPR cut Wikipedia into psgs_w100 (default 100)
+  question_sets    {name: {n_questions, entity_share, style, synonym_rate, alias_rate}}
+                   FiD-style question files; entity_share of the questions ask "who"
+                   (answer: the entity's name and alias, often two words), the others
+                   ask for a fact's value (answer: "<quality> <object>" phrases);
+                   style "nq" (lower case, no "?") or "trivia" (default
+                   {"demo-nq": {}}, 200 questions, entity_share 0.6, style "nq")
+  mkqa             {n_questions, n_dropped, entity_share, synonym_rate, alias_rate}:
+                   the same kind of questions written in every language, English
+                   answers, plus n_dropped unanswerable / binary / long_answer examples
+                   (default 150 and 30)
+Every question's answer appears (DPR's has_answer token match) in the text of a
+passage that states the fact it asks about.
+
+Multilingual pre-training text (`generate_multilingual_pretraining`, spec
+`multilingual_pretraining`: lines per language, doc_words, code_switch): one document
+stream per language, in which each sentence is written in English with probability
+`code_switch` (code-switching). The English sentences say what the rest of the document
+says about the same entity, and restated facts ("that is, ...") are then often a
+sentence and its translation side by side, so a contrastive model that takes two crops
+of one document as a positive pair is pushed to map both languages to the same place;
+nothing else ties the languages together (no dictionary, no parallel corpus).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
 import random
+import re
 import shutil
 import tempfile
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +117,47 @@ _ROLES = {  # function-word roles and how many words each has in every language
     "ask": 3,  # "tell me", "which": query-only fillers
 }
 _BACKGROUND_MAX_WORDS = 8
+
+# Letter tables for languages in another script: one letter per Latin letter and no
+# letter that decomposes under NFD (BERT's accent stripping would merge it with another).
+_LATIN = "abcdefghijklmnopqrstuvwxyz"
+_SCRIPTS: dict[str, dict[int, str] | None] = {
+    "latin": None,
+    "cyrillic": str.maketrans(_LATIN, "абцдефгхижклмнопщрстувшчыз"),
+    "arabic": str.maketrans(
+        _LATIN,
+        "\u0627\u0628\u062b\u062f\u0647\u0641\u063a\u062d\u064a\u062c\u0643\u0644\u0645"
+        "\u0646\u0648\u0637\u0642\u0631\u0633\u062a\u0639\u0630\u0636\u062e\u0638\u0632",
+    ),
+}
+# MKQA's 26 language codes (zh is written zh_cn / zh_hk / zh_tw).
+# fmt: off
+MKQA_LANGUAGES = (
+    "en", "ar", "fi", "ja", "ko", "ru", "es", "sv", "he", "th", "da", "de", "fr", "it",
+    "nl", "pl", "pt", "hu", "vi", "ms", "km", "no", "tr", "zh_cn", "zh_hk", "zh_tw",
+)
+# fmt: on
+_MKQA_DROPPED = ("unanswerable", "binary", "long_answer")  # answer types the authors drop
+_WIKIDATA_BASE = 100_000  # entity answers carry a made-up Wikidata id, Q<base + entity>
+
+# DPR's has_answer tokens: runs of letters and digits, or any other single non-space
+# character, lower-cased, after NFD (the world's text has no combining marks, so \w
+# stands in for DPR's [\p{L}\p{N}\p{M}]).
+_DPR_TOKEN = re.compile(r"[^\W_]+|[^\w\s]|_")
+
+
+def dpr_tokens(text: str) -> list[str]:
+    """`text` as DPR's has_answer tokenises it."""
+    return [t.lower() for t in _DPR_TOKEN.findall(unicodedata.normalize("NFD", text))]
+
+
+def has_answer(tokens: Sequence[str], answers: Iterable[str]) -> bool:
+    """Whether an answer's tokens occur contiguously in `tokens` (DPR's rule)."""
+    for answer in answers:
+        a = dpr_tokens(answer)
+        if a and any(list(tokens[i : i + len(a)]) == a for i in range(len(tokens) - len(a) + 1)):
+            return True
+    return False
 
 
 class _WordMaker:
@@ -149,6 +230,7 @@ class Language:
     query_forms: tuple[tuple[str, ...], ...]  # by concept id; never in evaluation corpora
     function_words: dict[str, tuple[str, ...]]
     order: str  # "SVO", "SOV" or "VSO"
+    script: str = "latin"  # a key of _SCRIPTS; names are transliterated into it
 
     def forms(self, concept: int) -> tuple[str, ...]:
         return self.doc_forms[concept] + self.query_forms[concept]
@@ -198,6 +280,31 @@ class QuestionPlan:
     alias: bool
     order: str
     ask: bool
+
+
+@dataclass(frozen=True)
+class QAPlan:
+    """An open-domain question's content: the fact, what the answer is ("entity": the
+    entity's name, so the question omits it; "value": the fact's "<quality> <object>",
+    so the question omits those), and the same choices as a QuestionPlan."""
+
+    fact: int
+    answer: str
+    alias: bool
+    order: str
+    ask: bool
+
+
+@dataclass
+class QAPassage:
+    """A DPR-style passage: a block of `passage_words` words cut from an article, with
+    the facts whose whole clause lies inside it (fact id -> 2 whole, 1 partial)."""
+
+    pid: int
+    title: str
+    text: str
+    entity: int
+    facts: dict[int, int]
 
 
 @dataclass
@@ -276,6 +383,7 @@ class DemoWorld:
         n_relations: int = 32,
         n_qualities: int = 40,
         n_languages: int = 1,
+        scripts: Sequence[str] | None = None,
     ):
         sizes = {
             "n_topics": (n_topics, 2),
@@ -291,6 +399,12 @@ class DemoWorld:
                 raise InputError(f"demo world: {key} must be an integer >= {least}, got {value!r}")
         if facts_per_entity > n_relations * attributes_per_topic:
             raise InputError("demo world: facts_per_entity exceeds distinct (relation, attribute)")
+        scripts = ["latin"] * n_languages if scripts is None else list(scripts)
+        if len(scripts) != n_languages or any(x not in _SCRIPTS for x in scripts):
+            raise InputError(
+                f"demo world: scripts must name one of {sorted(_SCRIPTS)} for each of the "
+                f"{n_languages} languages, got {scripts!r}"
+            )
         self.seed = seed
         self.n_topics = n_topics
         self.n_languages = n_languages
@@ -326,7 +440,7 @@ class DemoWorld:
                 entity = Entity(len(self.entities), t, other, name, names.word(2, 3).capitalize())
                 self.entities.append(entity)
                 self.entity_facts.append(self._make_facts(rng, entity, facts_per_entity))
-        self.languages = [self._make_language(i) for i in range(n_languages)]
+        self.languages = [self._make_language(i, scripts[i]) for i in range(n_languages)]
 
     # -- construction -------------------------------------------------------------
 
@@ -350,7 +464,7 @@ class DemoWorld:
             ids.append(fact.id)
         return ids
 
-    def _make_language(self, index: int) -> Language:
+    def _make_language(self, index: int, script: str = "latin") -> Language:
         rng = self._rng(f"language:{index}")
         onsets = sorted(rng.sample(_ONSETS, 16))
         vowels = sorted(rng.sample(_VOWELS, 7))
@@ -366,12 +480,20 @@ class DemoWorld:
             n_doc = 2 if concept.kind == "relation" else rng.choice((1, 1, 2))
             doc_forms.append(tuple(maker.word(lo, hi) for _ in range(n_doc)))
             query_forms.append(tuple(maker.word(lo, hi) for _ in range(rng.choice((1, 2)))))
+        table = _SCRIPTS[script]
+        if table is not None:  # the same made-up words, written in the other script
+            doc_forms = [tuple(w.translate(table) for w in f) for f in doc_forms]
+            query_forms = [tuple(w.translate(table) for w in f) for f in query_forms]
+            function_words = {
+                role: tuple(w.translate(table) for w in ws) for role, ws in function_words.items()
+            }
         return Language(
             index,
             tuple(doc_forms),
             tuple(query_forms),
             function_words,
             ("SVO", "SOV", "VSO")[index % 3],
+            script,
         )
 
     def language(self, index: int) -> Language:
@@ -380,6 +502,16 @@ class DemoWorld:
                 f"demo world: language {index} does not exist (n_languages={self.n_languages})"
             )
         return self.languages[index]
+
+    def name_words(self, lang: Language, entity: int, alias: bool = False) -> list[str]:
+        """An entity's name (or alias) as `lang` writes it: unchanged in Latin script,
+        transliterated letter by letter in another."""
+        e = self.entities[entity]
+        words = [e.alias] if alias else e.name.split()
+        table = _SCRIPTS[lang.script]
+        if table is None:
+            return words
+        return [w.lower().translate(table).capitalize() for w in words]
 
     # -- planning: what is said (language independent, from the structure stream) --
 
@@ -493,10 +625,8 @@ class DemoWorld:
         self, lang: Language, clause: Clause, rng: random.Random, mode: str
     ) -> list[str]:
         kind, ref = clause.subject
-        if kind == "name":
-            subject = self.entities[ref].name.split()
-        elif kind == "alias":
-            subject = [self.entities[ref].alias]
+        if kind in ("name", "alias"):
+            subject = self.name_words(lang, ref, kind == "alias")
         elif kind == "pron":
             subject = [self._fw(lang, "pron", rng)]
         else:
@@ -536,7 +666,7 @@ class DemoWorld:
         entity = self.entities[fact.entity]
         parts = {
             "q": [self._fw(lang, "q", rng)],
-            "e": [entity.alias] if plan.alias else entity.name.split(),
+            "e": self.name_words(lang, entity.id, plan.alias),
             "r": [self._form(lang, fact.relation, rng, mode, synonym_rate)],
             "x": [
                 self._form(lang, fact.quality, rng, mode, synonym_rate),
@@ -549,8 +679,8 @@ class DemoWorld:
         return self._sentence(words, "?")
 
     def render_title(self, lang: Language, entity: int, rng: random.Random, mode: str) -> str:
-        e = self.entities[entity]
-        return f"{e.name} {self._form(lang, e.topic, rng, mode)}"
+        name = " ".join(self.name_words(lang, entity))
+        return f"{name} {self._form(lang, self.entities[entity].topic, rng, mode)}"
 
     def documents(
         self,
@@ -574,16 +704,30 @@ class DemoWorld:
         entities = [e for e in self.entities if e.topic in wanted]
         docs = []
         for n in range(n_docs):
-            entity = rng.choice(entities)
-            facts = self.entity_facts[entity.id]
-            chosen = rng.sample(facts, rng.randint(2, min(4, len(facts))))
-            picks = [(f, i == 0 or rng.random() < 0.6) for i, f in enumerate(chosen)]
-            doc_topics = self._doc_topics(entity, pool, rng)
-            clauses, grades = self.plan_passage(rng, picks, doc_topics, doc_words, restate)
+            entity, doc_topics, clauses, grades = self._plan_document(
+                rng, entities, pool, doc_words, restate
+            )
             text = self.render_passage(lang, clauses, words_rng, mode)
             title = self.render_title(lang, entity.id, words_rng, mode) if titles else ""
             docs.append(Document(f"{stream}-{n}", title, text, entity.id, doc_topics, grades))
         return docs
+
+    def _plan_document(
+        self,
+        rng: random.Random,
+        entities: Sequence[Entity],
+        pool: Sequence[int],
+        doc_words: Sequence[int],
+        restate: float,
+    ) -> tuple[Entity, tuple[int, ...], list[Clause], dict[int, int]]:
+        """A passage about a random entity: 2-4 of its facts, padded with topical clauses."""
+        entity = rng.choice(entities)
+        facts = self.entity_facts[entity.id]
+        chosen = rng.sample(facts, rng.randint(2, min(4, len(facts))))
+        picks = [(f, i == 0 or rng.random() < 0.6) for i, f in enumerate(chosen)]
+        doc_topics = self._doc_topics(entity, pool, rng)
+        clauses, grades = self.plan_passage(rng, picks, doc_topics, doc_words, restate)
+        return entity, doc_topics, clauses, grades
 
     # -- data sets ----------------------------------------------------------------
 
@@ -921,6 +1065,285 @@ class DemoWorld:
             tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return path
 
+    # -- open-domain QA (English passages; questions in any language) ---------------
+
+    def openqa_passages(
+        self,
+        n_articles: int = 600,
+        article_words: Sequence[int] = (150, 300),
+        passage_words: int = 100,
+    ) -> list[QAPassage]:
+        """English "Wikipedia articles", one per entity (titled by its name), each
+        stating all the entity's facts, cut into disjoint `passage_words`-word blocks
+        as DPR cut Wikipedia; ids 1..N in article order, as in psgs_w100."""
+        if not 1 <= n_articles <= len(self.entities):
+            raise InputError(
+                f"demo open QA: n_articles must be in [1, {len(self.entities)}] (the "
+                f"world's entities), got {n_articles!r}"
+            )
+        rng = self._rng("openqa:articles")
+        words_rng = self._rng("render:openqa:articles:0")
+        lang = self.language(0)
+        pool = list(range(self.n_topics))
+        passages: list[QAPassage] = []
+        for entity in rng.sample(self.entities, n_articles):
+            by_pair = {
+                (self.facts[f].relation, self.facts[f].obj): f for f in self.entity_facts[entity.id]
+            }
+            facts = list(self.entity_facts[entity.id])
+            rng.shuffle(facts)
+            picks = [(f, i == 0 or rng.random() < 0.7) for i, f in enumerate(facts)]
+            doc_topics = self._doc_topics(entity, pool, rng)
+            clauses, _ = self.plan_passage(rng, picks, doc_topics, article_words)
+            words: list[str] = []
+            spans: list[tuple[int, int, int, int]] = []  # start, end, fact, grade
+            for clause in clauses:
+                sentence = self._sentence(self.render_clause(lang, clause, words_rng, "doc"))
+                n = len(sentence.split())
+                if clause.subject[0] != "np":  # a fact clause, not topical filler
+                    fact = by_pair[(clause.relation, clause.obj)]
+                    spans.append(
+                        (len(words), len(words) + n, fact, 1 + (clause.quality is not None))
+                    )
+                words.extend(sentence.split())
+            for start in range(0, len(words), passage_words):
+                end = start + passage_words
+                stated: dict[int, int] = {}
+                for s, e, fact, grade in spans:
+                    if start <= s and e <= end:
+                        stated[fact] = max(stated.get(fact, 0), grade)
+                text = " ".join(words[start:end])
+                passages.append(QAPassage(len(passages) + 1, entity.name, text, entity.id, stated))
+        return passages
+
+    def qa_answers(self, lang: Language, fact: int, answer: str) -> list[str]:
+        """Answer strings in `lang`: the entity's name then its alias ("entity"), or
+        every "<quality> <object>" phrase of the fact's document forms ("value")."""
+        f = self.facts[fact]
+        if answer == "entity":
+            return [
+                " ".join(self.name_words(lang, f.entity)),
+                *self.name_words(lang, f.entity, True),
+            ]
+        return [f"{q} {o}" for q in lang.doc_forms[f.quality] for o in lang.doc_forms[f.obj]]
+
+    def qa_candidates(self, passages: Sequence[QAPassage]) -> dict[str, list[int]]:
+        """Facts a question may ask about, by answer kind: those stated whole in a
+        passage whose text contains an answer (DPR's has_answer). A "value" question
+        names the entity and the relation only, so that pair must identify the fact."""
+        lang = self.language(0)
+        found: dict[str, set[int]] = {"entity": set(), "value": set()}
+        for p in passages:
+            tokens = dpr_tokens(p.text)
+            for fact, grade in p.facts.items():
+                if grade != 2:
+                    continue
+                for kind, seen in found.items():
+                    if fact not in seen and has_answer(tokens, self.qa_answers(lang, fact, kind)):
+                        seen.add(fact)
+
+        def unique_relation(fact: int) -> bool:
+            f = self.facts[fact]
+            relations = [self.facts[g].relation for g in self.entity_facts[f.entity]]
+            return relations.count(f.relation) == 1
+
+        found["value"] = {f for f in found["value"] if unique_relation(f)}
+        return {kind: sorted(seen) for kind, seen in found.items()}
+
+    def plan_qa_question(
+        self, rng: random.Random, fact: Fact, answer: str, alias_rate: float
+    ) -> QAPlan:
+        """Like plan_question, less the part that is the answer ("full" keeps all)."""
+        order = rng.choice(("qrxe", "exqr", "qerx", "xqer", "eqrx", "qxre"))
+        drop = {"entity": "e", "value": "x", "full": ""}[answer]
+        return QAPlan(
+            fact.id,
+            answer,
+            rng.random() < alias_rate,
+            order.replace(drop, "") if drop else order,
+            rng.random() < 0.3,
+        )
+
+    def render_qa_question(
+        self,
+        lang: Language,
+        plan: QAPlan,
+        rng: random.Random,
+        synonym_rate: float = 0.6,
+        style: str = "nq",
+    ) -> str:
+        """The question in `lang`, content words often query-only synonyms; style "nq"
+        is lower case without "?" (as NQ and MKQA write questions), "trivia" a sentence."""
+        fact = self.facts[plan.fact]
+        parts = {
+            "q": [self._fw(lang, "q", rng)],
+            "e": self.name_words(lang, fact.entity, plan.alias),
+            "r": [self._form(lang, fact.relation, rng, "query", synonym_rate)],
+            "x": [
+                self._form(lang, fact.quality, rng, "query", synonym_rate),
+                self._form(lang, fact.obj, rng, "query", synonym_rate),
+            ],
+        }
+        words = [w for key in plan.order for w in parts[key]]
+        if plan.ask:
+            words.insert(0, self._fw(lang, "ask", rng))
+        if style == "nq":
+            return " ".join(words).lower()
+        return self._sentence(words, "?")
+
+    @staticmethod
+    def _pick_qa_facts(
+        rng: random.Random,
+        candidates: dict[str, list[int]],
+        n: int,
+        entity_share: float,
+        where: str,
+    ) -> list[tuple[int, str]]:
+        """`n` distinct facts with their answer kind, `entity_share` of them "entity"."""
+        n_entity = round(n * entity_share)
+        picks: list[tuple[int, str]] = []
+        taken: set[int] = set()
+        for kind, wanted in (("entity", n_entity), ("value", n - n_entity)):
+            pool = [f for f in candidates[kind] if f not in taken]
+            if len(pool) < wanted:
+                raise InputError(
+                    f"demo open QA: {where}: only {len(pool)} answerable facts for {wanted} "
+                    f"{kind} questions; raise openqa.n_articles"
+                )
+            chosen = rng.sample(pool, wanted)
+            taken.update(chosen)
+            picks.extend((f, kind) for f in chosen)
+        rng.shuffle(picks)
+        return picks
+
+    def openqa_questions(
+        self,
+        name: str,
+        candidates: dict[str, list[int]],
+        n_questions: int = 200,
+        entity_share: float = 0.6,
+        style: str = "nq",
+        synonym_rate: float = 0.6,
+        alias_rate: float = 0.15,
+    ) -> list[dict[str, Any]]:
+        """A FiD-style question list: {"id", "question", "answers"} in English."""
+        rng = self._rng(f"openqa:questions:{name}")
+        words_rng = self._rng(f"render:openqa:questions:{name}:0")
+        lang = self.language(0)
+        out = []
+        picks = self._pick_qa_facts(rng, candidates, n_questions, entity_share, repr(name))
+        for i, (fact, kind) in enumerate(picks):
+            plan = self.plan_qa_question(rng, self.facts[fact], kind, alias_rate)
+            question = self.render_qa_question(lang, plan, words_rng, synonym_rate, style)
+            out.append(
+                {"id": str(i), "question": question, "answers": self.qa_answers(lang, fact, kind)}
+            )
+        return out
+
+    def _mkqa_answer(self, lang: Language, fact: int, kind: str) -> dict[str, Any]:
+        if kind == "entity":
+            entity = self.facts[fact].entity
+            names = self.qa_answers(lang, fact, "entity")
+            return {
+                "type": "entity",
+                "entity": f"Q{_WIKIDATA_BASE + entity}",
+                "text": names[0],
+                "aliases": names[1:],
+            }
+        if kind == "value":
+            phrases = self.qa_answers(lang, fact, "value")
+            return {"type": "short_phrase", "text": phrases[0], "aliases": phrases[1:]}
+        if kind == "binary":
+            return {"type": "binary", "text": "yes"}
+        return {"type": kind, "text": None}  # unanswerable, long_answer
+
+    def mkqa_examples(
+        self,
+        codes: Sequence[str],
+        candidates: dict[str, list[int]],
+        article_entities: set[int],
+        n_questions: int = 150,
+        n_dropped: int = 30,
+        entity_share: float = 0.6,
+        synonym_rate: float = 0.6,
+        alias_rate: float = 0.15,
+    ) -> list[dict[str, Any]]:
+        """MKQA release records: one question plan rendered in every language (`codes`
+        by language index), answers in every language (English ones are matched), and
+        `n_dropped` unanswerable / binary / long_answer examples in turn."""
+        rng = self._rng("openqa:mkqa")
+        words_rngs = [self._rng(f"render:openqa:mkqa:{i}") for i in range(len(codes))]
+        picks = self._pick_qa_facts(rng, candidates, n_questions, entity_share, "mkqa")
+        no_article = [e.id for e in self.entities if e.id not in article_entities]
+        for j in range(n_dropped):
+            kind = _MKQA_DROPPED[j % len(_MKQA_DROPPED)]
+            pool = (
+                no_article if kind == "unanswerable" and no_article else range(len(self.entities))
+            )
+            picks.append((rng.choice(self.entity_facts[rng.choice(pool)]), kind))
+        rng.shuffle(picks)
+        out, ids = [], set()
+        for fact, kind in picks:
+            plan_kind = (
+                kind if kind in ("entity", "value") else "full" if kind == "binary" else "value"
+            )
+            plan = self.plan_qa_question(rng, self.facts[fact], plan_kind, alias_rate)
+            example_id = rng.getrandbits(62)
+            while example_id in ids:
+                example_id = rng.getrandbits(62)
+            ids.add(example_id)
+            queries, answers = {}, {}
+            for i, code in enumerate(codes):
+                lang = self.language(i)
+                queries[code] = self.render_qa_question(
+                    lang, plan, words_rngs[i], synonym_rate, "nq"
+                )
+                answers[code] = [self._mkqa_answer(lang, fact, kind)]
+            out.append(
+                {
+                    "query": queries[codes[0]],
+                    "answers": answers,
+                    "queries": queries,
+                    "example_id": example_id,
+                }
+            )
+        return out
+
+    # -- multilingual pre-training text -----------------------------------------------
+
+    def code_switched_text(
+        self,
+        language: int,
+        n_lines: int,
+        doc_words: Sequence[int] = (40, 150),
+        code_switch: float = 0.3,
+    ) -> list[str]:
+        """Unlabelled documents in `language`, one per line, with every surface form (as
+        write_pretraining_text) and each sentence in English (language 0) with
+        probability `code_switch`; restated facts then often sit beside their translation."""
+        lang, english = self.language(language), self.language(0)
+        rng = self._rng(f"documents:multilingual:{language}")
+        words_rng = self._rng(f"render:documents:multilingual:{language}")
+        switch_rng = self._rng(f"code-switch:multilingual:{language}")
+        pool = list(range(self.n_topics))
+        lines = []
+        for _ in range(n_lines):
+            entity, _, clauses, _ = self._plan_document(
+                rng, self.entities, pool, doc_words, restate=0.3
+            )
+            sentences = [self.render_title(lang, entity.id, words_rng, "any")]
+            for clause in clauses:
+                switch = language != 0 and switch_rng.random() < code_switch
+                words = self.render_clause(english if switch else lang, clause, words_rng, "any")
+                sentences.append(self._sentence(words))
+            if switch_rng.random() < 0.2:  # a glossary sentence: "<form> that-is <synonym>"
+                forms = lang.forms(switch_rng.randrange(len(self.concepts)))
+                if len(forms) > 1:
+                    a, b = switch_rng.sample(forms, 2)
+                    sentences.append(self._sentence([a, self._fw(lang, "equiv", switch_rng), b]))
+            lines.append(" ".join(sentences))
+        return lines
+
 
 # ----------------------------------------------------------------------------- files
 
@@ -975,15 +1398,17 @@ def generate_demo_datasets(
     specs: dict[str, dict[str, Any]],
     seed: int,
     world: dict[str, Any] | None = None,
+    languages: Sequence[Any] | None = None,
 ) -> dict[str, Path]:
     """Write every data set of `specs` under `out_root/<name>`; name -> folder.
 
-    `world` holds DemoWorld's size arguments (defaults when None).
+    `world` holds DemoWorld's size arguments (defaults when None); `languages` lists
+    the demo languages (see the module docstring), which a spec's `language` index picks.
     """
     if not isinstance(specs, dict) or not specs:
         raise InputError("demo world: no data sets given")
     out_root = Path(out_root)
-    w = make_world(seed, world)
+    w = make_world(seed, world, languages)
     out = {}
     for name, spec in specs.items():
         if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
@@ -1004,9 +1429,46 @@ def generate_pretraining_corpus(
     return make_world(seed, world).write_pretraining_text(path, n_lines, language, doc_words)
 
 
-def make_world(seed: int, world: dict[str, Any] | None = None) -> DemoWorld:
-    """A DemoWorld from a config mapping, naming unknown keys in the error."""
+def language_codes(languages: Sequence[Any] | None) -> tuple[list[str], list[str]]:
+    """(MKQA codes, scripts) by language index from the `languages` list, whose items
+    are a code or {"code": ..., "script": ...}; ["en"] alone when None. A list, not a
+    mapping, because the order is the language index and the workflow sorts mapping
+    keys. Language 0 must be "en" in Latin script: it writes the passages."""
+    if languages is None:
+        return ["en"], ["latin"]
+    if not isinstance(languages, (list, tuple)) or not languages:
+        raise InputError("demo world: languages must be a list of MKQA codes or {code, script}")
+    codes, scripts = [], []
+    for i, item in enumerate(languages):
+        where = f"demo world: languages[{i}]"
+        opts = {"code": item} if isinstance(item, str) else item
+        if not isinstance(opts, dict) or "code" not in opts or set(opts) - {"code", "script"}:
+            raise InputError(f"{where}: must be a code or a mapping with keys code, script")
+        code, script = opts["code"], opts.get("script", "latin")
+        if code not in MKQA_LANGUAGES:
+            raise InputError(f"{where}: {code!r} is not an MKQA code (codes: {MKQA_LANGUAGES})")
+        if code in codes:
+            raise InputError(f"{where}: {code!r} is listed twice")
+        if script not in _SCRIPTS:
+            raise InputError(f"{where}: script must be one of {sorted(_SCRIPTS)}, got {script!r}")
+        codes.append(code)
+        scripts.append(script)
+    if codes[0] != "en" or scripts[0] != "latin":
+        raise InputError("demo world: the first of languages must be en (Latin script)")
+    return codes, scripts
+
+
+def make_world(
+    seed: int, world: dict[str, Any] | None = None, languages: Sequence[Any] | None = None
+) -> DemoWorld:
+    """A DemoWorld from a config mapping (and the `languages` list, which sets
+    n_languages and the scripts), naming unknown keys in the error."""
     world = dict(world or {})
+    if languages is not None:
+        _, scripts = language_codes(languages)
+        if world.get("n_languages", len(scripts)) != len(scripts):
+            raise InputError("demo world: world.n_languages disagrees with languages")
+        world.update(n_languages=len(scripts), scripts=scripts)
     known = {
         "n_topics",
         "attributes_per_topic",
@@ -1016,9 +1478,152 @@ def make_world(seed: int, world: dict[str, Any] | None = None) -> DemoWorld:
         "n_qualities",
         "n_languages",
     }
-    unknown = sorted(set(world) - known)
+    unknown = sorted(set(world) - known - {"scripts"})
     if unknown:
         raise InputError(f"demo world: unknown keys {unknown} (known: {sorted(known)})")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise InputError(f"demo world: seed must be an integer, got {seed!r}")
     return DemoWorld(seed, **world)
+
+
+_OPENQA_DEFAULTS: dict[str, Any] = {
+    "n_articles": 600,
+    "article_words": [150, 300],
+    "passage_words": 100,
+    "question_sets": {"demo-nq": {}},
+    "mkqa": {},
+}
+_QUESTION_DEFAULTS: dict[str, Any] = {
+    "n_questions": 200,
+    "entity_share": 0.6,
+    "style": "nq",
+    "synonym_rate": 0.6,
+    "alias_rate": 0.15,
+}
+_MKQA_DEFAULTS: dict[str, Any] = {
+    "n_questions": 150,
+    "n_dropped": 30,
+    "entity_share": 0.6,
+    "synonym_rate": 0.6,
+    "alias_rate": 0.15,
+}
+_MULTILINGUAL_DEFAULTS: dict[str, Any] = {"lines": 1500, "doc_words": [40, 150], "code_switch": 0.3}
+
+
+def _checked(where: str, spec: Any, defaults: dict[str, Any]) -> dict[str, Any]:
+    """`spec` over `defaults`, each value checked by the type of its default."""
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, dict):
+        raise InputError(f"{where}: must be a mapping, got {type(spec).__name__}")
+    unknown = sorted(set(spec) - set(defaults))
+    if unknown:
+        raise InputError(f"{where}: unknown keys {unknown} (known: {sorted(defaults)})")
+    s = {**defaults, **spec}
+    for key, default in defaults.items():
+        v = s[key]
+        if isinstance(default, bool) or isinstance(v, bool):
+            ok = isinstance(v, bool) == isinstance(default, bool)
+        elif isinstance(default, int):
+            ok = isinstance(v, int) and v >= (0 if key == "n_dropped" else 1)
+        elif isinstance(default, float):
+            ok = isinstance(v, (int, float)) and 0 <= v <= 1
+        elif isinstance(default, dict):
+            ok = v is None or isinstance(v, dict)  # None: none of them
+        elif isinstance(default, list):
+            ok = isinstance(v, (list, tuple)) and len(v) == 2
+            ok = ok and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+            ok = ok and 10 <= v[0] <= v[1]
+        else:
+            ok = isinstance(v, type(default))
+        if not ok:
+            raise InputError(f"{where}: bad value for {key}: {v!r}")
+    return s
+
+
+def write_dpr_passages(passages: Sequence[QAPassage], path: str | Path) -> Path:
+    """psgs_w100.tsv's layout: header id/text/title, csv-module tab-separated rows."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    writer.writerow(["id", "text", "title"])
+    writer.writerows([p.pid, p.text, p.title] for p in passages)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
+    return path
+
+
+def generate_openqa(
+    out_dir: str | Path,
+    spec: dict[str, Any] | None,
+    seed: int,
+    world: dict[str, Any] | None = None,
+    languages: Sequence[Any] | None = None,
+) -> dict[str, Path]:
+    """Write the open-domain QA folder: passages.tsv (DPR psgs_w100 layout), one
+    <name>.json per question set (FiD's list of {"id", "question", "answers"}) and
+    mkqa.jsonl (MKQA's release format, one record per line); file name -> path."""
+    s = _checked("demo open QA", spec, _OPENQA_DEFAULTS)
+    sets = s["question_sets"] or {}
+    for name in sets:
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][\w.-]*", name):
+            raise InputError(f"demo open QA: bad question set name {name!r}")
+        if name == "mkqa":
+            raise InputError("demo open QA: question set name 'mkqa' is taken by mkqa.jsonl")
+    sets = {
+        name: _checked(f"demo open QA: question_sets.{name}", v, _QUESTION_DEFAULTS)
+        for name, v in sets.items()
+    }
+    for name, q in sets.items():
+        if q["style"] not in ("nq", "trivia"):
+            raise InputError(f"demo open QA: question_sets.{name}.style must be nq or trivia")
+    mkqa = None if s["mkqa"] is None else _checked("demo open QA: mkqa", s["mkqa"], _MKQA_DEFAULTS)
+    codes, _ = language_codes(languages)
+    w = make_world(seed, world, languages)
+
+    passages = w.openqa_passages(s["n_articles"], s["article_words"], s["passage_words"])
+    candidates = w.qa_candidates(passages)
+    out_dir = Path(out_dir)
+    with _atomic_dir(out_dir) as tmp:
+        write_dpr_passages(passages, tmp / "passages.tsv")
+        for name, q in sets.items():
+            questions = w.openqa_questions(name, candidates, **q)
+            (tmp / f"{name}.json").write_text(
+                json.dumps(questions, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
+            )
+        if mkqa is not None:
+            articles = {p.entity for p in passages}
+            records = w.mkqa_examples(codes, candidates, articles, **mkqa)
+            (tmp / "mkqa.jsonl").write_text(_jsonl(records), encoding="utf-8")
+    return {p.name: p for p in sorted(out_dir.iterdir())}
+
+
+def generate_multilingual_pretraining(
+    folder: str | Path,
+    spec: dict[str, Any] | None,
+    seed: int,
+    world: dict[str, Any] | None = None,
+    languages: Sequence[Any] | None = None,
+) -> dict[str, Path]:
+    """Write mling-<code>.txt per language (code-switched documents, one per line) and
+    multilingual.txt, their lines interleaved language by language (the text a
+    multilingual tiny BERT learns its vocabulary from); stream name -> path."""
+    s = _checked("demo multilingual pre-training", spec, _MULTILINGUAL_DEFAULTS)
+    codes, _ = language_codes(languages)
+    w = make_world(seed, world, languages)
+    texts = {
+        code: w.code_switched_text(i, s["lines"], s["doc_words"], s["code_switch"])
+        for i, code in enumerate(codes)
+    }
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for code, lines in texts.items():
+        out[f"mling-{code}"] = path = folder / f"mling-{code}.txt"
+        with atomic_path(path) as tmp:
+            tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    mixed = [line for row in zip(*texts.values(), strict=True) for line in row]
+    out["multilingual"] = path = folder / "multilingual.txt"
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(mixed) + "\n", encoding="utf-8")
+    return out
