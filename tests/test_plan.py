@@ -408,3 +408,60 @@ def test_model_location_is_the_built_or_prefetched_folder(tmp_path):
     assert model_location("facebook/contriever", "w") == "w/models/hub/facebook--contriever"
     assert model_location("bert-base-uncased", "w") == "w/models/hub/bert-base-uncased"
     assert model_location(str(tmp_path), "w") is None  # a local folder is read in place
+
+
+def _qa_config(**changes) -> dict:
+    config = {
+        "datasets": {"scifact": {}},
+        "passage_collections": {"wiki": {"url": "https://x/psgs_w100.tsv.gz", "shards": 4}},
+        "qa_sets": {"nq-open": {"collection": "wiki", "url": "https://x/nq-test.qa.csv"}},
+        "mkqa": {"collection": "wiki", "languages": ["en", "ar", "zh_cn"]},
+    }
+    config.update(changes)
+    return config
+
+
+def test_question_sets_are_the_qa_sets_then_one_per_mkqa_language():
+    from contriever_repro.plan import qa_sets, qa_source_config
+
+    sets = qa_sets(_qa_config())
+    assert list(sets) == ["nq-open", "mkqa-en", "mkqa-ar", "mkqa-zh_cn"]
+    assert (sets["mkqa-ar"].kind, sets["mkqa-ar"].language) == ("mkqa", "ar")
+    assert not sets["mkqa-ar"].normalize_answers  # the authors match with NFD only
+    source = qa_source_config(_qa_config(), "mkqa-ar")
+    assert source["questions"]["language"] == "ar" and "languages" not in source["questions"]
+    assert source["collection"]["shards"] == 4
+
+
+@pytest.mark.parametrize(
+    "changes,needle",
+    [
+        ({"mkqa": {"collection": "wiki", "languages": ["en", "zh"]}}, "MKQA has no language 'zh'"),
+        ({"mkqa": {"collection": "wiki", "languages": ["en", "bn"]}}, "MKQA has no language 'bn'"),
+        ({"qa_sets": {"nq-open": {"collection": "wikipedia"}}}, "qa_sets.nq-open.collection"),
+        ({"qa_sets": {"scifact": {"collection": "wiki"}}}, "'scifact' is already used"),
+        ({"passage_collections": {"scifact": {}}, "qa_sets": {}, "mkqa": None}, "also a data set"),
+    ],
+)
+def test_question_set_config_errors_name_the_key(changes, needle):
+    from contriever_repro.plan import qa_sets
+
+    with pytest.raises(InputError, match=needle):
+        qa_sets(_qa_config(**changes))
+
+
+def test_tables_may_name_question_sets_and_read_accuracy_at_the_qa_ks():
+    from contriever_repro.plan import check_references, known_metrics
+
+    config = _qa_config(
+        models={"m": {"source": "x"}},
+        evaluation={"k_values": [10]},
+        qa={"k_values": [5, 20]},
+        tables={"table1": {"datasets": ["nq-open", "mkqa-ar"], "columns": [{"model": "m"}]}},
+    )
+    check_references(config)
+    assert {"accuracy@5", "accuracy@20", "ndcg@10"} <= known_metrics(config)
+    assert "accuracy@100" not in known_metrics(config)
+    config["tables"]["table1"]["datasets"].append("mkqa-de")
+    with pytest.raises(InputError, match="'mkqa-de' is not defined"):
+        check_references(config)

@@ -183,7 +183,7 @@ def qa_sets(config: dict) -> dict[str, QASet]:
             qa = QASet(name, str(mkqa.get("collection", "")), "mkqa", lang,
                        bool(mkqa.get("normalize_answers", False)))  # fmt: skip
             add("mkqa", qa)
-    for name, cfg in collections.items():
+    for name in collections:
         if name in datasets:
             raise InputError(f"passage_collections.{name}: the name is also a data set")
     return out
