@@ -16,7 +16,7 @@ import pytest
 
 from contriever_repro import io
 from contriever_repro.cli import run_main
-from contriever_repro.errors import DISK_FULL_EXIT_CODE, DiskFullError
+from contriever_repro.errors import DISK_FULL_EXIT_CODE, DiskFullError, InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -247,3 +247,29 @@ def test_a_real_full_tmpfs(tmp_path):
     assert len(errors) == 1 and "Traceback" not in proc.stderr
     assert errors[0].startswith(f"error: {mnt}/big.npy: no space left on device while writing it: ")
     assert "needs about 781.4 KiB, " in errors[0]
+
+
+def test_rows_of_a_table_are_read_from_their_row_groups_only(tmp_path):
+    """An encoding shard reads its rows without loading the rest of the corpus: the
+    slices equal pandas' and span row-group boundaries."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from contriever_repro.io import CORPUS_SCHEMA, read_table_rows, table_rows
+
+    corpus = pd.DataFrame(
+        {
+            "doc_id": [str(i) for i in range(25)],
+            "title": ["t"] * 25,
+            "text": [f"x{i}" for i in range(25)],
+        }
+    )
+    path = tmp_path / "corpus.parquet"
+    pq.write_table(pa.Table.from_pandas(corpus, schema=CORPUS_SCHEMA), path, row_group_size=7)
+    assert pq.ParquetFile(path).num_row_groups == 4
+    assert table_rows(path) == 25
+    for start, end in [(0, 25), (0, 7), (5, 16), (21, 25), (7, 7), (24, 30)]:
+        got = read_table_rows(path, "corpus", start, end)
+        pd.testing.assert_frame_equal(got, corpus.iloc[start:end].reset_index(drop=True))
+    with pytest.raises(InputError, match="missing columns"):
+        read_table_rows(path, "queries", 0, 1)

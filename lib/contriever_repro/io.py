@@ -200,6 +200,39 @@ def read_table(path: str | Path, kind: str | None = None) -> pd.DataFrame:
     return df
 
 
+def table_rows(path: str | Path) -> int:
+    """Row count of a parquet table, from its footer (nothing else is read)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file does not exist", path)
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def read_table_rows(path: str | Path, kind: str | None, start: int, end: int) -> pd.DataFrame:
+    """Rows [start, end) of a parquet table, reading only the row groups that hold them:
+    an encoding shard of a 21M-passage collection never loads the other shards' text."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file does not exist", path)
+    parquet = pq.ParquetFile(path)
+    if kind is not None:
+        missing = [c for c in SCHEMAS[kind].names if c not in parquet.schema_arrow.names]
+        if missing:
+            raise InputError(f"not a {kind} table: missing columns {missing}", path)
+    pieces, offset = [], 0
+    for group in range(parquet.num_row_groups):
+        rows = parquet.metadata.row_group(group).num_rows
+        lo, hi = max(start - offset, 0), min(end - offset, rows)
+        if lo < hi:
+            pieces.append(parquet.read_row_group(group).slice(lo, hi - lo))
+        offset += rows
+        if offset >= end:
+            break
+    if not pieces:
+        return parquet.schema_arrow.empty_table().to_pandas()
+    return pa.concat_tables(pieces).to_pandas()
+
+
 def write_text(text: str, path: str | Path) -> None:
     """Write a text file atomically (UTF-8)."""
     data = text.encode("utf-8")
