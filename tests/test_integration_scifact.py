@@ -1,12 +1,19 @@
 """Real data, real model: the workflow's SciFact numbers equal the beir package's own.
 
-Runs the Snakemake workflow on the real BEIR SciFact (../shared/data) with the real
+Runs the Snakemake workflow on real BEIR SciFact (../shared/data) with the real
 all-MiniLM-L6-v2 encoder (mean pooling, L2-normalised, 256 tokens, as its model card
 says) and compares with beir's `DenseRetrievalExactSearch` + `EvaluateRetrieval` on
-the same model and data.
+the same model and data. The corpus is cut to every document judged for the 300 test
+queries plus a seeded sample of the rest (2,000 of 5,183 documents): both sides encode
+it, and what is compared (the workflow's encoding, search, identical-id filtering and
+metrics against beir's) does not depend on its size, while CI time does.
 """
 
 from __future__ import annotations
+
+import json
+import random
+import shutil
 
 import pandas as pd
 import pytest
@@ -16,14 +23,36 @@ from workflow_utils import base_config, snakemake, write_config
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 K_VALUES = [1, 3, 5, 10, 100, 1000]
+CORPUS_SIZE = 2000
 
 
 @pytest.fixture(scope="module")
-def workflow_metrics(tmp_path_factory, shared_data, minilm_path):
+def scifact_subset(tmp_path_factory, shared_data):
+    """SciFact with its test queries and qrels, and a corpus of every judged document
+    plus a seeded sample of the others, in the BEIR layout."""
+    source = shared_data / "beir" / "scifact"
+    folder = tmp_path_factory.mktemp("scifact_subset")
+    (folder / "qrels").mkdir()
+    shutil.copy(source / "queries.jsonl", folder / "queries.jsonl")
+    shutil.copy(source / "qrels" / "test.tsv", folder / "qrels" / "test.tsv")
+    qrels = pd.read_csv(source / "qrels" / "test.tsv", sep="\t", dtype=str)
+    judged = set(qrels["corpus-id"])
+    lines = (source / "corpus.jsonl").read_text(encoding="utf-8").splitlines()
+    ids = [json.loads(line)["_id"] for line in lines]
+    others = sorted(set(ids) - judged)
+    keep = judged | set(random.Random(0).sample(others, CORPUS_SIZE - len(judged)))
+    kept = [line for line, doc in zip(lines, ids, strict=True) if doc in keep]
+    (folder / "corpus.jsonl").write_text("\n".join(kept) + "\n", encoding="utf-8")
+    assert len(kept) == CORPUS_SIZE and judged <= keep
+    return folder
+
+
+@pytest.fixture(scope="module")
+def workflow_metrics(tmp_path_factory, scifact_subset, minilm_path):
     tmp = tmp_path_factory.mktemp("scifact")
     config = base_config(tmp) | {
         "label": "SciFact with all-MiniLM-L6-v2",
-        "datasets": {"scifact": {"source": "local", "path": str(shared_data / "beir" / "scifact")}},
+        "datasets": {"scifact": {"source": "local", "path": str(scifact_subset)}},
         "models": {
             "minilm": {
                 "source": str(minilm_path),
@@ -47,13 +76,13 @@ def workflow_metrics(tmp_path_factory, shared_data, minilm_path):
 
 
 @pytest.fixture(scope="module")
-def beir_metrics(shared_data, minilm_path):
+def beir_metrics(scifact_subset, minilm_path):
     from beir.datasets.data_loader import GenericDataLoader
     from beir.retrieval import models
     from beir.retrieval.evaluation import EvaluateRetrieval
     from beir.retrieval.search.dense import DenseRetrievalExactSearch
 
-    corpus, queries, qrels = GenericDataLoader(str(shared_data / "beir" / "scifact")).load(
+    corpus, queries, qrels = GenericDataLoader(str(scifact_subset)).load(
         split="test"
     )
     model = models.SentenceBERT(str(minilm_path))
@@ -79,9 +108,10 @@ def test_scifact_metrics_equal_beir(workflow_metrics, beir_metrics, ours, theirs
 
 def test_scifact_run_files_and_provenance(workflow_metrics):
     metrics, tmp = workflow_metrics
-    assert 0.6 < metrics["ndcg@10"] < 0.7  # all-MiniLM-L6-v2 on SciFact: ~0.645
+    # all-MiniLM-L6-v2 on the whole SciFact: ~0.645; fewer distractors here
+    assert 0.6 < metrics["ndcg@10"] < 0.8
     run = pd.read_parquet(tmp / "work" / "runs" / "dense" / "minilm" / "scifact.parquet")
-    assert run.groupby("query_id").size().max() == 1000
+    assert run.groupby("query_id").size().max() == 1000  # of 2,000 documents
     assert run["query_id"].nunique() == 300
     trec = (tmp / "work" / "runs" / "dense" / "minilm" / "scifact.trec").read_text().splitlines()
     assert len(trec) == len(run) and trec[0].split()[1] == "Q0"
