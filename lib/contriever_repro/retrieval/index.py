@@ -1,40 +1,41 @@
-"""Approximate FAISS indexes over embedding shards, for corpora whose flat index is too big.
+"""Approximate FAISS indexes over embedding shards, for corpora too big to search flat.
 
-DPR's 21,015,324 Wikipedia passages as 768-d float32 are 64.6 GB; exact search
-(search.exact_search) reads all of it for every search job. An index built here holds
-compressed codes instead, in one file: `<prefix>.faiss` (the FAISS index),
-`<prefix>.ids.parquet` (row -> passage id) and `<prefix>.json` (how it was built, the
-embedding settings of the shards it holds, the search parameters to use by default).
+DPR's 21,015,324 Wikipedia passages as 768-d float32 are 64.6 GB. Exact search
+(search.exact_search) holds one shard at a time, but reads all 64.6 GB in every search
+job and scans every vector for every query. An index built here holds compressed codes
+instead: `<prefix>.faiss` (the FAISS index), `<prefix>.ids.parquet` (row -> passage id)
+and `<prefix>.json` (how it was built, the embedding settings of the passages it holds,
+its default search parameters).
 
 Any `faiss.index_factory` string works ("IVF4096,PQ64", "IVF1024,Flat", "HNSW32,Flat",
 "OPQ64,IVF65536,PQ64", ...). The default (DEFAULT_FACTORY, DEFAULT_SEARCH_PARAMS,
-DEFAULT_RERANK_DEPTH; `default_settings` scales it to smaller corpora) is
-"IVF16384,PQ384x4fs" with every list probed and the 1,000 best candidates re-scored
-exactly from the (memory-mapped) embedding shards:
+DEFAULT_RERANK_DEPTH; `default_settings` scales it to other corpus sizes) is
+"IVF16384,PQ384x4fs", every list probed, and the best 1,000 candidates re-scored
+exactly from the embedding shards (memory-mapped: only their rows are read):
 
-* memory: PQ384x4 keeps 384 4-bit codes = 192 bytes per passage, plus its 8-byte id in
-  the inverted lists: 200 bytes against 3,072 for float32, 15x less (4.2 GB for 21M
-  passages, plus 50 MB of centroids). With the re-scoring, the shards stay on disk:
-  only the candidates' rows are read (3 KB each, `depth` per query).
-* accuracy: measured on synthetic 768-d embeddings made to resemble real ones
-  (bench/bench_openqa.py; the generator was checked against all-MiniLM-L6-v2 embeddings
-  of MS MARCO passages for IVF and PQ recall), the exact top 100 lay inside the 1,000
-  best candidates of this index for 100% of queries at 50k passages, so after
-  re-scoring Recall@100 against exact search was 1.000 (0.973 when re-scoring 300);
-  the PQ scores alone keep only 0.72 of the exact top 100, 8-bit PQ96 (96 bytes) only
-  0.51 and even a 1.000-recall re-scoring depth for PQ96 would need far more than 1,000.
-* why every list is probed: on the same data, and on the real MiniLM embeddings, an IVF
-  index probing a quarter of its lists keeps only 0.83-0.93 of the exact top 100, so
-  pruning lists cannot hold Recall@100 >= 0.99 against exact. Scanning 4-bit
-  fast-scan codes is cheap (SIMD lookups, ~16 ns per passage per query on one core
-  here), so exhaustive scanning still beats the flat index's memory-bound read of
-  64 GB; "nprobe" trades recall for speed when that matters more. The IVF part still
-  earns its place: the codes quantise residuals to 16,384 centroids (4 x sqrt(21M)),
-  which is more accurate than quantising the raw vectors.
+* memory: 384 4-bit codes = 192 bytes per passage plus its 8-byte id, against 3,072
+  bytes in float32: 15x less, 4.2 GB for 21M passages (+ 50 MB of centroids). The
+  re-scoring reads `depth` rows of 3 KB per query from the shards.
+* accuracy, measured on synthetic 768-d embeddings made to behave like real ones (see
+  bench/bench_openqa.py: the generator matches all-MiniLM-L6-v2 embeddings of MS MARCO
+  passages in IVF and PQ recall): at 50k passages the exact top 100 lay within the
+  index's best 1,000 for every query, so Recall@100 against exact was 1.000 after
+  re-scoring (0.973 re-scoring 300); the codes' own scores keep 0.72 of the exact top
+  100. At half the bytes (PQ192x4fs, or 8-bit PQ96, whose k-means takes 40x longer)
+  the best 1,000 hold only 0.95-0.96 of it.
+* why every list is probed: on the same data, and on the real MiniLM embeddings,
+  probing a quarter of the lists finds only 0.83-0.93 of the exact top 100, so list
+  pruning cannot hold Recall@100 >= 0.99. Scanning fast-scan 4-bit codes is cheap
+  (SIMD table lookups: 0.6 ms per query for 50k passages on one core here, 20x less
+  than an IVF-Flat scan of the same lists); `nprobe` trades recall for speed where that
+  is wanted. The IVF part still pays: codes of residuals to 16,384 centroids
+  (~4 x sqrt(21M)) are more accurate than codes of the raw vectors.
 
 "Recall@100 within 1 point of exact" in the paper's open-domain sense (the share of
-questions with an answer in the top 100) is looser than the set overlap measured by
-`recall_against_exact`: the set overlap is the strict bound reported beside it.
+questions with an answer passage in the top 100) is much looser than the set overlap
+`recall_against_exact` measures; bench/bench_openqa.py reports both (at 20k synthetic
+passages the codes alone, without re-scoring, kept 0.75 of the exact top 100 but lost
+only 1 point of its stand-in for answer recall).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -116,15 +118,17 @@ def _faiss_message(err: Exception) -> str:
     return re.split(r"\.(?:cpp|h|cu):\d+: ", lines[-1])[-1] if lines else repr(err)
 
 
-def _train_on_gpu(index: faiss.Index) -> object | None:
+def _train_on_gpu(index: faiss.Index) -> tuple | None:
     """Let an IVF index run its k-means on the GPU (the costly part of training);
-    returns the GPU resources to keep alive, or None when training stays on CPU."""
+    returns what must stay alive while it trains (the IVF index does not own its
+    clustering index), or None when training stays on CPU."""
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is None or not faiss_gpu_available():
         return None
     res = faiss.StandardGpuResources()
-    ivf.clustering_index = faiss.index_cpu_to_gpu(res, 0, faiss.IndexFlat(ivf.d, ivf.metric_type))
-    return res
+    gpu_flat = faiss.index_cpu_to_gpu(res, 0, faiss.IndexFlat(ivf.d, ivf.metric_type))
+    ivf.clustering_index = gpu_flat
+    return res, gpu_flat
 
 
 def build_index(
@@ -135,14 +139,17 @@ def build_index(
     use_gpu: bool = True,
     names: Sequence[str] | None = None,
     block_size: int = ADD_BLOCK,
+    stats: dict | None = None,
 ) -> tuple[faiss.Index, list[str]]:
     """Train `factory` (inner product) on a uniform sample of the shards, add them all.
 
     shards: (ids, embeddings) pairs, typically memory-mapped .npy (search.load_shards or
     embeddings.load_embeddings); the sample is read row by row, so no shard is loaded
     whole. names: what to call each shard in errors (its prefix). Returns the index and
-    the passage id of each of its rows. IVF k-means runs on the GPU when FAISS can use
-    one; other training (PQ, OPQ, HNSW's graph) stays on CPU.
+    the passage id of each of its rows; `stats`, when given, receives the training and
+    adding times (train_s, add_s) and the training sample size (train_vectors).
+    IVF k-means runs on the GPU when FAISS can use one; other training (PQ, OPQ, HNSW's
+    graph) stays on CPU.
     """
     shards = list(shards)
     if not shards:
@@ -162,38 +169,46 @@ def build_index(
     total = sum(sizes)
     if total == 0:
         raise InputError("the embedding shards hold no vectors", names[0])
+    stats = stats if stats is not None else {}
+    stats.update(train_s=0.0, train_vectors=0)
+    start = time.perf_counter()
     if not index.is_trained:
         rows = training_rows(sizes, train_size, seed)
-        sample = np.concatenate(
-            [
-                np.asarray(emb[r], dtype=np.float32)
-                for (_ids, emb), r in zip(shards, rows, strict=True)
-            ]
-        )
-        gpu_res = _train_on_gpu(index) if use_gpu else None
+        sample = np.empty((sum(len(r) for r in rows), dim), dtype=np.float32)
+        filled = 0
+        for (_ids, emb), r in zip(shards, rows, strict=True):
+            sample[filled : filled + len(r)] = emb[r]
+            filled += len(r)
+        on_gpu = _train_on_gpu(index) if use_gpu else None
         log.info(
             "training %s on %d of %d vectors (%s)",
             factory,
             len(sample),
             total,
-            "k-means on GPU" if gpu_res is not None else "CPU",
+            "k-means on GPU" if on_gpu is not None else "CPU",
         )
         try:
-            index.train(np.ascontiguousarray(sample))
+            index.train(sample)
         except RuntimeError as err:
             raise InputError(f"FAISS cannot train {factory!r}: {_faiss_message(err)}") from err
+        stats["train_vectors"] = len(sample)
         del sample
         ivf = faiss.try_extract_index_ivf(index)
-        if ivf is not None:
-            ivf.clustering_index = None  # the GPU copy is needed no more
+        if on_gpu is not None:
+            ivf.clustering_index = None  # before the GPU copy it points to is freed
+        del on_gpu
+        stats["train_s"] = time.perf_counter() - start
+        log.info("trained in %.1f s", stats["train_s"])
+    start = time.perf_counter()
     progress = Progress(total, f"index {factory}", log, unit="vectors")
     ids: list[str] = []
     for shard_ids, emb in shards:
-        for start in range(0, emb.shape[0], block_size):
-            block = np.ascontiguousarray(emb[start : start + block_size], dtype=np.float32)
+        for row in range(0, emb.shape[0], block_size):
+            block = np.ascontiguousarray(emb[row : row + block_size], dtype=np.float32)
             index.add(block)
             progress.update(len(block))
         ids.extend(str(i) for i in shard_ids)
+    stats["add_s"] = time.perf_counter() - start
     return index, ids
 
 
