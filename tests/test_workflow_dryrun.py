@@ -566,7 +566,7 @@ def test_an_approximate_index_is_built_once_per_model_and_collection(fake_slurm,
     overlay = tmp_path / "ann.yaml"
     overlay.write_text(
         "extends: config/config.yaml\n"
-        "qa: {index: {factory: 'IVF65536,PQ64', train_size: 1000000, "
+        "qa: {index: {factory: auto, train_size: 1000000, "
         "search_params: {nprobe: 128}}}\n"
     )
     proc = snakemake(
@@ -584,3 +584,14 @@ def test_an_approximate_index_is_built_once_per_model_and_collection(fake_slurm,
     search = re.findall(r"(?m)^Shell command: .*scripts/search\.py .*$", out)
     assert search and all("--index " in c and "--shard " not in c for c in search)
     assert all("--search-param nprobe=128" in c for c in search)
+    # the best 1,000 candidates are re-scored exactly from the 64 shards
+    assert all(c.count("--rerank-shard ") == 64 and "--rerank-depth 1000" in c for c in search)
+    build = re.findall(r"(?m)^Shell command: .*scripts/build_index\.py .*$", out)
+    assert build and all("--factory auto" in c and c.count("--shard ") == 64 for c in build)
+    # the recall report is a target of its own: exact search, then the comparison
+    proc = snakemake(
+        "-n", "results/index_recall/contriever-qa/nq-open.json", "--nolock",
+        "--configfile", str(overlay), cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rule index_recall:" in proc.stdout

@@ -163,23 +163,40 @@ def index_prefix(model, unit):
     return f"{WORK}/indexes/{model}/{QA_SETS[unit].collection}"
 
 
+def rerank_depth():
+    """Candidates of the approximate index re-scored exactly from the shards (0: none)."""
+    return int((QA["index"] or {}).get("rerank_depth", 1000))
+
+
 def search_inputs(wildcards):
+    """The embedding shards (exact search), or the approximate index, with the shards
+    when its candidates are re-scored."""
+    shards = corpus_shards(wildcards.model, wildcards.unit)
     prefix = index_prefix(wildcards.model, wildcards.unit)
     if prefix:
-        return [f"{prefix}.faiss", f"{prefix}.ids.parquet", f"{prefix}.json"]
-    return corpus_shards(wildcards.model, wildcards.unit)
+        index = [f"{prefix}.faiss", f"{prefix}.ids.parquet", f"{prefix}.json"]
+        return index + (shards if rerank_depth() else [])
+    return shards
 
 
-def search_corpus_args(wildcards, input):
+def _shard_prefixes(files):
+    return [s[: -len(".npy")] for s in files if s.endswith(".npy")]
+
+
+def search_corpus_args(wildcards, input, exact=False):
     """`--shard P ...` (exact search over the embedding shards) or `--index P` with its
-    search parameters (approximate index), each value quoted."""
-    prefix = index_prefix(wildcards.model, wildcards.unit)
+    search parameters and re-scoring shards (approximate index), each value quoted."""
+    prefix = None if exact else index_prefix(wildcards.model, wildcards.unit)
+    shards = _shard_prefixes(input.shards)
     if prefix:
         params = (QA["index"] or {}).get("search_params") or {}
         args = [f"--index {shlex.quote(prefix)}"]
         args += [f"--search-param {shlex.quote(f'{k}={v}')}" for k, v in params.items()]
+        if rerank_depth():
+            args += [f"--rerank-shard {shlex.quote(s)}" for s in shards]
+            args.append(f"--rerank-depth {rerank_depth()}")
         return " ".join(args)
-    return " ".join(f"--shard {shlex.quote(s[: -len('.npy')])}" for s in input.shards)
+    return " ".join(f"--shard {shlex.quote(s)}" for s in shards)
 
 
 def search_top_k(wildcards):

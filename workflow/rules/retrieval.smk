@@ -87,11 +87,10 @@ rule search:
         "--gpus {params.gpus:q} --threads {threads:q} 2> {log:q}"
 
 
-# An approximate FAISS index of a passage collection (config qa.index), for machines
-# where the exact search's embeddings do not fit: trained on a sample, built once per
-# model and searched by every question set of the collection. Its recall against the
-# exact search on a sample of the questions is written beside it.
-# Code: lib/contriever_repro/retrieval/index.py.
+# An approximate FAISS index of a passage collection (config qa.index): trained on a
+# sample, built once per model and searched by every question set of the collection,
+# its best candidates re-scored exactly from the shards. Its recall against the exact
+# search: rule index_recall. Code: lib/contriever_repro/retrieval/index.py.
 rule build_index:
     input:
         shards=lambda wc: corpus_shards(wc.model, wc.collection),
@@ -112,7 +111,7 @@ rule build_index:
         shard_args=lambda wc, input: " ".join(
             f"--shard {shlex.quote(s[: -len('.npy')])}" for s in input.shards
         ),
-        factory=lambda wc: QA["index"]["factory"],
+        factory=lambda wc: QA["index"].get("factory", "auto"),
         train_size=lambda wc: QA["index"].get("train_size", 1000000),
         seed=lambda wc: QA["index"].get("seed", 0),
         prefix=lambda wc, output: output.index[: -len(".faiss")],
@@ -123,6 +122,43 @@ rule build_index:
         "--train-size {params.train_size:q} --seed {params.seed:q} "
         "--out-prefix {params.prefix:q} --device {params.device:q} --gpus {params.gpus:q} "
         "--threads {threads:q} 2> {log:q}"
+
+
+# What the approximate index loses: an exact search of the same questions over the
+# shards, and the share of its top k the index's run found (a report, built on request:
+# results/index_recall/<model>/<question set>.json).
+rule index_recall:
+    input:
+        approx=f"{WORK}/runs/dense/{{model}}/{{unit}}.parquet",
+        queries=f"{WORK}/embeddings/{{model}}/{{unit}}/queries.npy",
+        shards=lambda wc: corpus_shards(wc.model, wc.unit),
+    output:
+        exact=f"{WORK}/runs/dense-exact/{{model}}/{{unit}}.parquet",
+        trec=f"{WORK}/runs/dense-exact/{{model}}/{{unit}}.trec",
+        report=f"{RESULTS}/index_recall/{{model}}/{{unit}}.json",
+    log:
+        f"{WORK}/logs/index_recall/{{model}}/{{unit}}.log",
+    wildcard_constraints:
+        unit=one_of(QA_SETS),
+    threads: res("search", "cpus_per_task", 1)
+    resources:
+        **rule_resources("search"),
+    params:
+        py=PY,
+        search=f"{SCRIPTS}/search.py",
+        script=f"{SCRIPTS}/index_recall.py",
+        top_k=search_top_k,
+        shard_args=lambda wc, input: search_corpus_args(wc, input, exact=True),
+        queries=lambda wc, input: input.queries[: -len(".npy")],
+        device=DEVICE,
+        gpus=lambda wc, resources: resources.get("gpu", 0),
+    shell:
+        "{params.py:q} {params.search:q} --queries {params.queries:q} {params.shard_args} "
+        "--top-k {params.top_k:q} --keep-identical-ids --tag exact "
+        "--run {output.exact:q} --trec {output.trec:q} --device {params.device:q} "
+        "--gpus {params.gpus:q} --threads {threads:q} 2> {log:q} && "
+        "{params.py:q} {params.script:q} --approx {input.approx:q} --exact {output.exact:q} "
+        "--k {params.top_k:q} --out {output.report:q} 2>> {log:q}"
 
 
 rule bm25:
