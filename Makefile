@@ -22,10 +22,8 @@ $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 demo: install
 	$(BIN)/snakemake --configfile config/demo.yaml --cores $(CORES)
 
-# Two pytest workers, one test file each at a time (a file's module fixtures, such as the
-# demo run, are built once); the slow end-to-end files run beside the rest.
 test: install
-	$(BIN)/python -m pytest -q -n $(CORES) --dist loadfile --durations=25
+	$(BIN)/python -m pytest -q --durations=25
 
 lint: install
 	$(BIN)/ruff check lib scripts tests bench
