@@ -106,6 +106,7 @@ def test_a_lost_rendezvous_after_a_checkpoint_stop_is_still_75(monkeypatch, trai
     monkeypatch.delenv(STOPPED_FILE_ENV, raising=False)
     monkeypatch.setenv("SLURM_STEP_NODELIST", "node[1-2]")
     monkeypatch.setenv("SLURM_JOB_ID", "7")
+    before = dict(os.environ)
     argv = ["--nnodes", "2", "--nproc-per-node", "1", "--", "train.py"]
     if trainer_stopped:
         with pytest.raises(SystemExit) as stop:
@@ -114,6 +115,18 @@ def test_a_lost_rendezvous_after_a_checkpoint_stop_is_still_75(monkeypatch, trai
     else:
         with pytest.raises(RendezvousConnectionError):
             node_main(argv)
+    assert dict(os.environ) == before  # later processes never see the launcher's file
+
+
+def test_a_trainer_whose_launcher_folder_is_gone_still_exits(monkeypatch, tmp_path):
+    from contriever_repro.cli import mark_stopped
+    from contriever_repro.training.launch import STOPPED_FILE_ENV
+
+    monkeypatch.setenv(STOPPED_FILE_ENV, str(tmp_path / "gone" / "stopped"))
+    mark_stopped()  # logged, not raised
+    monkeypatch.setenv(STOPPED_FILE_ENV, str(tmp_path / "stopped"))
+    mark_stopped()
+    assert (tmp_path / "stopped").exists()
 
 
 def test_md5_from_a_wikimedia_style_listing():

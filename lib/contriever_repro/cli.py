@@ -88,13 +88,17 @@ def training_deadline(args, now: float) -> float | None:
 
 def mark_stopped() -> None:
     """Tell the multi-node launcher that this trainer stopped with a checkpoint
-    (training/launch.py, STOPPED_FILE_ENV)."""
+    (training/launch.py, STOPPED_FILE_ENV). Best effort: the stop itself is what the exit
+    status says, so a launcher folder that is gone is only logged."""
     from .training.launch import STOPPED_FILE_ENV
 
     path = os.environ.get(STOPPED_FILE_ENV)
     if path:
-        with open(path, "a"):
-            pass
+        try:
+            with open(path, "a"):
+                pass
+        except OSError as err:
+            logging.getLogger("contriever_repro").warning("cannot mark the stop: %s", err)
 
 
 def run_training(

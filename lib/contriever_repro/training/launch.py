@@ -214,9 +214,10 @@ def node_main(argv: list[str] | None = None) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    previous = os.environ.get(STOPPED_FILE_ENV)
     with tempfile.TemporaryDirectory(prefix="contriever-launch-") as tmp:
         stopped = Path(tmp) / "stopped"
-        os.environ[STOPPED_FILE_ENV] = str(stopped)
+        os.environ[STOPPED_FILE_ENV] = str(stopped)  # the trainers inherit it
         try:
             run(parse_args(targs))
         except ChildFailedError as err:
@@ -233,6 +234,11 @@ def node_main(argv: list[str] | None = None) -> None:
                 file=sys.stderr,
             )
             sys.exit(PREEMPTED_EXIT_CODE)
+        finally:
+            if previous is None:
+                os.environ.pop(STOPPED_FILE_ENV, None)
+            else:
+                os.environ[STOPPED_FILE_ENV] = previous
 
 
 if __name__ == "__main__":
