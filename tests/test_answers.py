@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import regex
 
+from contriever_repro.data import text
 from contriever_repro.errors import InputError
 from contriever_repro.evaluation import answers as ans
 from contriever_repro.evaluation.answers import (
@@ -46,7 +47,7 @@ def test_tokeniser_equals_dprs_pattern_over_all_of_unicode():
         flags=regex.IGNORECASE | regex.UNICODE | regex.MULTILINE,
     )
     everything = "".join(chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF)
-    ours = ans._TOKEN.findall(everything)
+    ours = text._DPR_TOKEN.findall(everything)
     theirs = [m.group() for m in dpr.finditer(everything)]
     assert ours == theirs
 

@@ -69,6 +69,21 @@ def test_fid_json_and_jsonl(tmp_path):
     assert got["answers"].tolist()[1] == ["Paris"]
 
 
+def test_google_nq_open_jsonl_says_answer(tmp_path):
+    """NQ-open.dev.jsonl, the source of NQ test's original answers, names them `answer`."""
+    path = tmp_path / "NQ-open.dev.jsonl"
+    lines = [
+        {"question": "when was the last time anyone was on the moon",
+         "answer": ["14 December 1972 UTC", "December 1972"]},
+        {"question": "who wrote he ain't heavy he's my brother lyrics",
+         "answer": ["Bobby Scott", "Bob Russell"]},
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    got = read_questions(path)
+    assert got["answers"].tolist() == [lines[0]["answer"], lines[1]["answer"]]
+    assert got["query_id"].tolist() == ["0", "1"]
+
+
 def test_format_from_name(tmp_path):
     assert question_format("a/nq-test.qa.tsv") == "qa-tsv"
     assert question_format("qa.csv") == "qa-tsv"

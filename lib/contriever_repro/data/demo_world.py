@@ -85,7 +85,6 @@ import random
 import re
 import shutil
 import tempfile
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +92,8 @@ from typing import Any
 
 from ..errors import InputError
 from ..io import atomic_path
+from .mkqa import MKQA_LANGUAGES
+from .text import dpr_tokens
 
 # ----------------------------------------------------------------------------- words
 
@@ -130,25 +131,8 @@ _SCRIPTS: dict[str, dict[int, str] | None] = {
         "\u0646\u0648\u0637\u0642\u0631\u0633\u062a\u0639\u0630\u0636\u062e\u0638\u0632",
     ),
 }
-# MKQA's 26 language codes (zh is written zh_cn / zh_hk / zh_tw).
-# fmt: off
-MKQA_LANGUAGES = (
-    "en", "ar", "fi", "ja", "ko", "ru", "es", "sv", "he", "th", "da", "de", "fr", "it",
-    "nl", "pl", "pt", "hu", "vi", "ms", "km", "no", "tr", "zh_cn", "zh_hk", "zh_tw",
-)
-# fmt: on
 _MKQA_DROPPED = ("unanswerable", "binary", "long_answer")  # answer types the authors drop
 _WIKIDATA_BASE = 100_000  # entity answers carry a made-up Wikidata id, Q<base + entity>
-
-# DPR's has_answer tokens: runs of letters and digits, or any other single non-space
-# character, lower-cased, after NFD (the world's text has no combining marks, so \w
-# stands in for DPR's [\p{L}\p{N}\p{M}]).
-_DPR_TOKEN = re.compile(r"[^\W_]+|[^\w\s]|_")
-
-
-def dpr_tokens(text: str) -> list[str]:
-    """`text` as DPR's has_answer tokenises it."""
-    return [t.lower() for t in _DPR_TOKEN.findall(unicodedata.normalize("NFD", text))]
 
 
 def has_answer(tokens: Sequence[str], answers: Iterable[str]) -> bool:

@@ -84,6 +84,12 @@ def _check_question(
     return question, answers
 
 
+def _answers_of(record: dict) -> object:
+    """FiD's and DPR's files say `answers`; Google's NQ-open release (the source of the
+    original, unprocessed NQ answers) says `answer`."""
+    return record["answers"] if "answers" in record else record.get("answer")
+
+
 def _record_id(record: dict, position: int, path: Path, line: int | None, item: str) -> str:
     if "id" not in record:
         return str(position)
@@ -107,7 +113,7 @@ def _json_questions(path: Path) -> Iterator[tuple[str, str, list[str], int | Non
         item = f"item {i}: "
         if not isinstance(record, dict):
             raise InputError(f"{item}expected an object, got {type(record).__name__}", path)
-        q, a = _check_question(record.get("question"), record.get("answers"), path, None, item)
+        q, a = _check_question(record.get("question"), _answers_of(record), path, None, item)
         yield _record_id(record, i, path, None, item), q, a, None, item
 
 
@@ -128,7 +134,7 @@ def _jsonl_questions(path: Path) -> Iterator[tuple[str, str, list[str], int | No
                         f"expected a JSON object, got {type(record).__name__}", path, lineno
                     )
                 q, a = _check_question(
-                    record.get("question"), record.get("answers"), path, lineno, ""
+                    record.get("question"), _answers_of(record), path, lineno, ""
                 )
                 yield _record_id(record, position, path, lineno, ""), q, a, lineno, ""
                 position += 1

@@ -9,6 +9,9 @@ the same word is tokenised the same way whatever typography the source used.
 from __future__ import annotations
 
 import re
+import unicodedata
+
+import regex
 
 _DELETE = {chr(c) for c in (*range(0x01, 0x09), 0x0E, 0x0F, *range(0x11, 0x1C))} | {"\u00ad"}
 _TO_SPACE = {"\u000b", "\u000c", "\u0085"}
@@ -73,3 +76,16 @@ _WS = re.compile(r"\s+")
 
 def collapse_whitespace(text: str) -> str:
     return _WS.sub(" ", text).strip()
+
+
+# DPR's SimpleTokenizer (its has_answer): runs of letters, numbers and marks, or any
+# single character that is neither whitespace nor a control character. DPR writes the
+# second alternative as [^\p{Z}\p{C}]; with \p{C} excluded, \s and \p{Z} leave out the
+# same characters (tests/test_answers.py checks this over all of Unicode).
+_DPR_TOKEN = regex.compile(r"[\p{L}\p{N}\p{M}]+|[^\s\p{C}]")
+
+
+def dpr_tokens(text: str) -> list[str]:
+    """DPR's SimpleTokenizer on the NFD form of `text`, tokens lower-cased: what answer
+    matching (evaluation/answers.py) and the demo world's answerable questions use."""
+    return [t.lower() for t in _DPR_TOKEN.findall(unicodedata.normalize("NFD", text))]

@@ -20,28 +20,17 @@ to passage and answers before NFD, for settings that evaluate with it on both si
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import regex
 
-from ..data.text import normalize_text
+from ..data.text import dpr_tokens, normalize_text
 from ..errors import InputError
 
-# DPR writes the second alternative as [^\p{Z}\p{C}]; with \p{C} excluded, \s and \p{Z}
-# leave out the same characters (every White_Space character outside \p{C} is in \p{Z}
-# and the reverse), which tests/test_answers.py checks over all of Unicode.
-_TOKEN = regex.compile(r"[\p{L}\p{N}\p{M}]+|[^\s\p{C}]")
 # Tokens never contain a control character, so joining them with one gives a string in
 # which "answer occurs as a contiguous token run" is plain substring search.
 _SEP = "\x00"
-
-
-def dpr_tokens(text: str) -> list[str]:
-    """DPR's SimpleTokenizer on the NFD form of `text`, tokens lower-cased."""
-    return [t.lower() for t in _TOKEN.findall(unicodedata.normalize("NFD", text))]
 
 
 def _prepare(text: str, normalize: bool) -> list[str]:
