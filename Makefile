@@ -9,7 +9,7 @@ CONSTRAINTS ?= -c constraints/cpu.txt
 CORES ?= 2
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint dry-run bench bench-pretrain bench-finetune clean-demo
+.PHONY: install demo test lint dry-run bench bench-pretrain bench-finetune bench-openqa clean-demo
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,9 @@ bench-pretrain: install
 
 bench-finetune: install
 	$(BIN)/python bench/bench_finetune.py --out bench/out
+
+bench-openqa: install
+	$(BIN)/python bench/bench_openqa.py --sizes 100000,1000000 --queries 1000 --out bench/out
 
 # Removes only what `make demo` writes: config/demo.yaml's work_dir and results_dir.
 clean-demo:

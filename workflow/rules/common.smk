@@ -229,12 +229,13 @@ def qa_raw_input(item):
     return f"{WORK}/downloads/qa/{item}/{Path(cfg['url'].split('?')[0]).name}"
 
 
-def qa_raw_file(item):
-    """The file the conversion of a QA input reads."""
+def qa_raw_file(item, input):
+    """The file the conversion of a QA input reads: its input, or a file of the demo
+    world's folder."""
     cfg = qa_source(item)
     if cfg.get("source", "url") == "demo":
-        return f"{WORK}/raw/demo/{cfg['path']}"
-    return qa_raw_input(item)
+        return f"{input[0]}/{cfg['path']}"
+    return input[0]
 
 
 def run_path(model, unit):

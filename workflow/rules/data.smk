@@ -108,7 +108,7 @@ rule convert_passages:
     params:
         py=PY,
         script=f"{SCRIPTS}/qa_inputs.py",
-        file=lambda wc: qa_raw_file(wc.collection),
+        file=lambda wc, input: qa_raw_file(wc.collection, input),
     shell:
         "{params.py:q} {params.script:q} passages --input {params.file:q} "
         "--out {output:q} 2> {log:q}"
@@ -127,7 +127,7 @@ rule qa_questions:
     params:
         py=PY,
         script=f"{SCRIPTS}/qa_inputs.py",
-        file=lambda wc: qa_raw_file(wc.qaset),
+        file=lambda wc, input: qa_raw_file(wc.qaset, input),
         format=lambda wc: config["qa_sets"][wc.qaset].get("format", "auto"),
         expected=lambda wc: config["qa_sets"][wc.qaset].get("expected_questions") or 0,
         normalize=lambda wc: (
@@ -151,10 +151,10 @@ rule mkqa_questions:
     params:
         py=PY,
         script=f"{SCRIPTS}/qa_inputs.py",
-        file=qa_raw_file("mkqa") if MKQA else "",
+        file=lambda wc, input: qa_raw_file("mkqa", input) if MKQA else "",
         languages=json.dumps([QA_SETS[name].language for name in MKQA_SETS]),
         expected=MKQA.get("expected_per_language") or 0,
-        out_dir=f"{WORK}/data",
+        out_dir=lambda wc, output: str(Path(output.counts).parent),
         prefix=MKQA.get("prefix", "mkqa-"),
         normalize="--normalize-answers" if MKQA.get("normalize_answers") else "",
     shell:
