@@ -16,7 +16,7 @@ from contriever_repro.retrieval.index import (
     save_index,
     set_search_params,
 )
-from contriever_repro.retrieval.search import MUST_MATCH, faiss_gpu_available
+from contriever_repro.retrieval.search import check_same_model, faiss_gpu_available
 
 log = logging.getLogger("build_index")
 
@@ -55,13 +55,10 @@ def main():
         ids, emb, meta = load_embeddings(prefix)
         if first_meta is None:
             first_meta = meta
-        for key in MUST_MATCH:
-            if meta.get(key) != first_meta.get(key):
-                raise InputError(
-                    f"shard has {key}={meta.get(key)!r} but {args.shard[0]} has "
-                    f"{first_meta.get(key)!r}; one index holds one model's embeddings",
-                    prefix,
-                )
+        check_same_model(
+            meta, first_meta, "shard has", f"{args.shard[0]} has", prefix,
+            "one index holds one model's embeddings",
+        )  # fmt: skip
         shards.append((ids, emb))
         names.append(prefix)
     total = sum(len(ids) for ids, _emb in shards)

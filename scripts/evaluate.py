@@ -7,7 +7,7 @@ from pathlib import Path
 from contriever_repro.cli import run_main
 from contriever_repro.evaluation.metrics import aggregate, evaluate_run
 from contriever_repro.io import read_table, write_table
-from contriever_repro.provenance import provenance
+from contriever_repro.provenance import metrics_rows, provenance
 
 log = logging.getLogger("evaluate")
 
@@ -35,9 +35,7 @@ def main():
     ident = dict(model=args.model, dataset=args.dataset, unit=args.unit, split=args.split)
     repo = Path(__file__).resolve().parents[1]
     prov = provenance(args.config_hash, {"run": args.run, "qrels": args.qrels}, repo)
-    table = table.assign(**ident, run=args.run, **prov)
-    front = ["model", "dataset", "unit", "split", "metric", "value", "n_queries"]
-    table = table[front + [c for c in table.columns if c not in front]]
+    table = metrics_rows(table, ident, args.run, prov)
     for metric in ("ndcg@10", "recall@100", "mrr@100"):
         hit = table.loc[table["metric"] == metric, "value"]
         if len(hit):

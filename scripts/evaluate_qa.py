@@ -11,7 +11,7 @@ from contriever_repro.cli import run_main
 from contriever_repro.data.openqa import passage_texts
 from contriever_repro.evaluation.answers import mark_hits, per_question_first_hit, top_k_accuracy
 from contriever_repro.io import read_table, write_table
-from contriever_repro.provenance import provenance
+from contriever_repro.provenance import metrics_rows, provenance
 
 log = logging.getLogger("evaluate_qa")
 
@@ -44,9 +44,7 @@ def main():
     repo = Path(__file__).resolve().parents[1]
     prov = provenance(args.config_hash, {"run": args.run, "answers": args.answers}, repo)
     table = pd.DataFrame({"metric": list(metrics), "value": list(metrics.values())})
-    table = table.assign(n_queries=len(question_ids), **ident, run=args.run, **prov)
-    front = ["model", "dataset", "unit", "split", "metric", "value", "n_queries"]
-    table = table[front + [c for c in table.columns if c not in front]]
+    table = metrics_rows(table.assign(n_queries=len(question_ids)), ident, args.run, prov)
     first = per_question_first_hit(hits, question_ids).rename("first_hit")
     first = first.rename_axis("query_id").reset_index()
     write_table(hits.assign(model=args.model, dataset=args.dataset), args.hits)

@@ -23,3 +23,13 @@ def provenance(config_hash: str, inputs: dict[str, str | Path], repo: str | Path
         "code_version": code_version(repo),
         **{f"{name}_sha256": sha256_file(path)[:16] for name, path in inputs.items()},
     }
+
+
+METRIC_FRONT = ["model", "dataset", "unit", "split", "metric", "value", "n_queries"]
+
+
+def metrics_rows(table, ident: dict, run: str, prov: dict):
+    """A metrics table (metric, value, n_queries) in the workflow's long form: the
+    identity columns and the run and provenance behind every number, identity first."""
+    table = table.assign(**ident, run=run, **prov)
+    return table[METRIC_FRONT + [c for c in table.columns if c not in METRIC_FRONT]]

@@ -55,7 +55,7 @@ import pandas as pd
 from ..errors import InputError
 from ..io import atomic_path, write_table, write_text
 from ..progress import Progress
-from .search import MUST_MATCH, faiss_gpu_available, rank_run
+from .search import check_same_model, faiss_gpu_available, rank_run
 
 log = logging.getLogger(__name__)
 
@@ -287,14 +287,10 @@ def load_index(prefix: str | Path) -> tuple[faiss.Index, list[str], dict]:
 
 def check_query_meta(index_meta: Mapping, query_meta: Mapping, where: str | Path) -> None:
     """The index's passages must have been encoded with the queries' model settings."""
-    emb = index_meta.get("embedding", {})
-    for key in MUST_MATCH:
-        if emb.get(key) != query_meta.get(key):
-            raise InputError(
-                f"index holds passages with {key}={emb.get(key)!r} but queries have "
-                f"{query_meta.get(key)!r}; re-encode or rebuild with one model spec",
-                where,
-            )
+    check_same_model(
+        index_meta.get("embedding", {}), query_meta, "index holds passages with",
+        "queries have", where, "re-encode or rebuild with one model spec",
+    )  # fmt: skip
 
 
 def parse_search_params(items: Sequence[str]) -> dict:

@@ -9,7 +9,7 @@ does during retrieval (this matters for ArguAna, Quora and CQADupStack).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import faiss
@@ -98,6 +98,20 @@ def exact_search(
 MUST_MATCH = ("model", "pooling", "l2_normalize", "score_function")
 
 
+def check_same_model(
+    meta: Mapping, reference: Mapping, subject: str, other: str, where, fix: str
+) -> None:
+    """Embeddings searched or indexed together must come from one model's settings
+    (MUST_MATCH); the first that differs is an InputError naming `where`:
+    "<subject> <key>=<value> but <other> <value>; <fix>"."""
+    for key in MUST_MATCH:
+        if meta.get(key) != reference.get(key):
+            raise InputError(
+                f"{subject} {key}={meta.get(key)!r} but {other} {reference.get(key)!r}; {fix}",
+                where,
+            )
+
+
 def load_shards(
     prefixes: Sequence[str], query_meta: dict
 ) -> Iterator[tuple[list[str], np.ndarray]]:
@@ -106,13 +120,8 @@ def load_shards(
     progress = Progress(len(prefixes), "search", log, interval=0.0, unit="shards")
     for prefix in prefixes:
         ids, emb, meta = load_embeddings(prefix)
-        for key in MUST_MATCH:
-            if meta.get(key) != query_meta.get(key):
-                raise InputError(
-                    f"corpus shard has {key}={meta.get(key)!r} but queries have "
-                    f"{query_meta.get(key)!r}; re-encode with one model spec",
-                    prefix,
-                )
+        fix = "re-encode with one model spec"
+        check_same_model(meta, query_meta, "corpus shard has", "queries have", prefix, fix)
         log.info("searching shard %s (%d docs)", prefix, len(ids))
         yield ids, emb
         progress.update(1)
