@@ -1,5 +1,6 @@
 """Generate the demo world: BEIR-format data sets, open-domain QA (DPR passages, FiD
-questions, MKQA) and pre-training text, monolingual and multilingual (rule demo_world)."""
+questions, MKQA), Mr. TyDi-like archives and pre-training text, monolingual and
+multilingual (rule demo_world)."""
 
 import argparse
 import json
@@ -8,6 +9,7 @@ from pathlib import Path
 from contriever_repro.cli import run_main
 from contriever_repro.data.demo_world import (
     generate_demo_datasets,
+    generate_mrtydi,
     generate_multilingual_pretraining,
     generate_openqa,
     generate_pretraining_corpus,
@@ -16,7 +18,7 @@ from contriever_repro.data.demo_world import (
 from contriever_repro.errors import InputError
 from contriever_repro.io import atomic_dir
 
-_FOLDERS = ("pretraining", "openqa")  # beside the data sets' folders
+_FOLDERS = ("pretraining", "openqa", "mrtydi")  # beside the data sets' folders
 
 
 def main():
@@ -48,6 +50,10 @@ def main():
         # language, over one DPR-style passage collection.
         if spec.get("openqa") is not None:
             generate_openqa(Path(tmp) / "openqa", spec["openqa"], seed, world, languages)
+        # Mr. TyDi-like release archives, one per language (mrtydi-v1.1-<name>.tar.gz):
+        # passages and questions in the same language.
+        if spec.get("mrtydi") is not None:
+            generate_mrtydi(Path(tmp) / "mrtydi", spec["mrtydi"], seed, world, languages)
         # Streams mling-<code> (code-switched text per language) and multilingual (all
         # of them interleaved: a multilingual tiny BERT's vocabulary text).
         if spec.get("multilingual_pretraining") is not None:

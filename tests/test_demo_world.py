@@ -20,6 +20,7 @@ from contriever_repro.data.demo_world import (
     DEFAULT_DEMO_SPECS,
     DemoWorld,
     generate_demo_datasets,
+    generate_mrtydi,
     generate_multilingual_pretraining,
     generate_openqa,
     generate_pretraining_corpus,
@@ -514,4 +515,129 @@ def test_multilingual_vocabulary_covers_the_other_scripts(openqa):
 def test_bad_openqa_specs_name_the_problem(tmp_path, call, message):
     with pytest.raises(InputError, match=message):
         call(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- Mr. TyDi
+
+MRTYDI_SPEC = {"languages": ["fi", "ru", "ar"], "n_docs": 150, "splits": {"train": 40, "test": 30}}
+MRTYDI_SCRIPTS = {"fi": "[a-z]", "ru": "[\u0400-\u04ff]", "ar": "[\u0600-\u06ff]"}
+
+
+@pytest.fixture(scope="module")
+def mrtydi(tmp_path_factory) -> dict[str, Path]:
+    """code -> the unpacked BEIR folder of its demo archive."""
+    from contriever_repro.data.mrtydi import archive_root, unpack_archive
+
+    root = tmp_path_factory.mktemp("mrtydi")
+    start = time.perf_counter()
+    archives = generate_mrtydi(root / "mrtydi", MRTYDI_SPEC, SEED, None, LANGUAGES)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 10, f"generation took {elapsed:.1f} s"
+    assert archives == {
+        code: root / "mrtydi" / f"mrtydi-v1.1-{name}.tar.gz"
+        for code, name in (("fi", "finnish"), ("ru", "russian"), ("ar", "arabic"))
+    }
+    assert sorted(p.name for p in (root / "mrtydi").iterdir()) == sorted(
+        p.name for p in archives.values()
+    )
+    out = {}
+    for code, archive in archives.items():
+        out[code] = root / "beir" / code
+        counts = unpack_archive(archive, out[code], root=archive_root(code))
+        assert counts["docs"] == MRTYDI_SPEC["n_docs"]
+        assert {s: c["queries"] for s, c in counts["splits"].items()} == MRTYDI_SPEC["splits"]
+    return out
+
+
+def test_mrtydi_archives_unpack_into_beir_folders(mrtydi):
+    from contriever_repro.data.beir import load_beir_folder
+
+    for folder in mrtydi.values():
+        assert sorted(p.name for p in (folder / "qrels").iterdir()) == ["test.tsv", "train.tsv"]
+        corpus = read_jsonl(folder / "corpus.jsonl")
+        assert all(d["title"] == "" for d in corpus)
+        assert all(re.fullmatch(r"[1-9][0-9]*#(0|[1-9][0-9]*)", d["_id"]) for d in corpus)
+        articles = Counter(d["_id"].split("#")[0] for d in corpus)
+        assert max(articles.values()) > 1, "an article's passages share its id"
+        queries = {q["_id"]: q["text"] for q in read_jsonl(folder / "queries.jsonl")}
+        assert len(queries) == sum(MRTYDI_SPEC["splits"].values())
+        ids = {d["_id"] for d in corpus}
+        judged = set()
+        for split in ("train", "test"):
+            qrels = read_qrels(folder / "qrels" / f"{split}.tsv")
+            assert len(qrels) == MRTYDI_SPEC["splits"][split]
+            assert all(set(rel) <= ids and 1 <= len(rel) <= 2 for rel in qrels.values())
+            assert not judged & set(qrels), "splits share no query"
+            judged |= set(qrels)
+            load_beir_folder(folder, split)  # strict: every id resolves
+
+
+def test_mrtydi_languages_keep_their_scripts(mrtydi):
+    vocab = {}
+    for code, folder in mrtydi.items():
+        corpus = " ".join(d["text"] for d in read_jsonl(folder / "corpus.jsonl")).lower()
+        questions = " ".join(q["text"] for q in read_jsonl(folder / "queries.jsonl")).lower()
+        for text in (corpus, questions):  # passages and questions in the same language
+            assert re.search(MRTYDI_SCRIPTS[code], text), code
+            others = [p for c, p in MRTYDI_SCRIPTS.items() if c != code]
+            assert not re.search("|".join(others), text), code
+        vocab[code] = set(words(corpus))
+    assert not vocab["ru"] & vocab["ar"] and not vocab["ru"] & vocab["fi"]
+
+
+def test_mrtydi_questions_are_answerable_but_not_lexically_trivial(mrtydi):
+    for code, folder in mrtydi.items():
+        corpus = {d["_id"]: words(d["text"]) for d in read_jsonl(folder / "corpus.jsonl")}
+        queries = {q["_id"]: words(q["text"]) for q in read_jsonl(folder / "queries.jsonl")}
+        qrels = read_qrels(folder / "qrels" / "test.tsv")
+        rank = bm25_ranker(corpus)
+        top1 = sum(rank(queries[q])[0] in rel for q, rel in qrels.items()) / len(qrels)
+        assert 0.35 < top1 < 0.95, f"{code}: BM25 top-1 {top1:.2f}"
+
+
+def test_mrtydi_is_deterministic_and_per_language(tmp_path, mrtydi):
+    spec = {**MRTYDI_SPEC, "languages": ["ru"]}
+    alone = generate_mrtydi(tmp_path / "alone", spec, SEED, None, LANGUAGES)
+    again = generate_mrtydi(tmp_path / "again", MRTYDI_SPEC, SEED, None, LANGUAGES)
+    first = mrtydi["ru"].parent.parent / "mrtydi"
+    assert files_of(tmp_path / "again") == files_of(first)
+    assert alone["ru"].read_bytes() == again["ru"].read_bytes(), "independent of other languages"
+    other = generate_mrtydi(tmp_path / "other", spec, SEED + 1, None, LANGUAGES)
+    assert other["ru"].read_bytes() != alone["ru"].read_bytes()
+    code = (
+        "import sys; from contriever_repro.data.demo_world import generate_mrtydi; "
+        f"generate_mrtydi(sys.argv[1], {spec!r}, {SEED}, None, {LANGUAGES!r})"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "3"}
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "hash")], env=env, check=True)
+    assert files_of(tmp_path / "hash") == files_of(tmp_path / "alone")
+
+
+def test_mrtydi_defaults_cover_every_mrtydi_language_of_the_world(tmp_path):
+    archives = generate_mrtydi(tmp_path / "m", None, SEED, None, LANGUAGES)
+    assert list(archives) == ["en", "fi", "ru", "ar"]
+    only_en = generate_mrtydi(tmp_path / "en", {}, SEED, None, ["en", "es"])  # es: not in it
+    assert list(only_en) == ["en"]
+
+
+@pytest.mark.parametrize(
+    "spec,languages,message",
+    [
+        ({"n_doc": 10}, LANGUAGES, "unknown keys"),
+        ({"languages": ["es"]}, LANGUAGES, "'es' is not a Mr. TyDi language"),
+        ({"languages": ["ja"]}, LANGUAGES, "'ja' is not one of demo_world.languages"),
+        ({"languages": ["fi", "fi"]}, LANGUAGES, "listed twice"),
+        ({"languages": "fi"}, LANGUAGES, "non-empty list"),
+        ({"splits": {"train": 10}}, LANGUAGES, "include test"),
+        ({"splits": {"test": 10, "validation": 5}}, LANGUAGES, "must be among"),
+        ({"n_docs": 20, "splits": {"test": 200}}, LANGUAGES, "answerable facts"),
+        ({"synonym_rate": 2}, LANGUAGES, "synonym_rate"),
+        ({}, ["es"], "first of languages"),
+        ([], LANGUAGES, "must be a mapping"),
+    ],
+)
+def test_bad_mrtydi_specs_name_the_problem(tmp_path, spec, languages, message):
+    with pytest.raises(InputError, match=message):
+        generate_mrtydi(tmp_path / "out", spec, SEED, None, languages)
     assert not (tmp_path / "out").exists()

@@ -64,6 +64,18 @@ Open-domain QA (`generate_openqa`, spec `openqa`, every key optional):
 Every question's answer appears (DPR's has_answer token match) in the text of a
 passage that states the fact it asks about.
 
+Mr. TyDi (`generate_mrtydi`, spec `mrtydi`, every key optional): per language a
+release archive `mrtydi-v1.1-<name>.tar.gz` in the real layout (collection/docs.jsonl.gz
+with ids `<article>#<passage>`, topic.tsv and topic.<split>.tsv, qrels.<split>.txt and
+qrels.txt), monolingual as the real one: passages and questions in the same language,
+written as a standard data set (questions paraphrase one fact, query-only synonyms).
+  languages        Mr. TyDi codes among `languages` (default: every one of them)
+  n_docs           passages per language (default 250)
+  splits           {train, dev, test: number of questions}, test required
+                   (default {train: 120, dev: 30, test: 60})
+  n_topics, max_relevant, doc_words, synonym_rate, alias_rate: as for data sets
+                   (defaults 6, 2, [40, 120], 0.6, 0.15)
+
 Multilingual pre-training text (`generate_multilingual_pretraining`, spec
 `multilingual_pretraining`: lines per language, doc_words, code_switch): one document
 stream per language, in which each sentence is written in English with probability
@@ -93,6 +105,8 @@ from typing import Any
 from ..errors import InputError
 from ..io import atomic_path
 from .mkqa import MKQA_LANGUAGES
+from .mrtydi import MRTYDI_LANGUAGES, archive_root, write_archive
+from .mrtydi import SPLITS as MRTYDI_SPLITS
 from .text import dpr_tokens
 
 # ----------------------------------------------------------------------------- words
@@ -1293,6 +1307,46 @@ class DemoWorld:
             )
         return out
 
+    # -- Mr. TyDi (monolingual retrieval in every language) -----------------------------
+
+    def mrtydi_collection(
+        self, name: str, spec: dict[str, Any]
+    ) -> tuple[list[dict[str, str]], dict[str, list], dict[str, list]]:
+        """One language's Mr. TyDi-like collection from a standard data set spec: docs
+        ({"id", "title", "contents"}, ids `<article>#<passage>` with one made-up article
+        id per entity, sorted as the release is), topics and qrels by split (numeric
+        query ids, 1 upward over the splits in `spec`'s order)."""
+        ds = self.build_dataset(name, spec)
+        rng = self._rng(f"mrtydi:articles:{name}")
+        entities = sorted({d.entity for d in ds.corpus if d.entity is not None})
+        article = dict(
+            zip(entities, rng.sample(range(1_000, 2_000_000), len(entities)), strict=True)
+        )
+        passages: dict[int, int] = {}
+        new_id: dict[str, tuple[int, int]] = {}
+        for d in ds.corpus:
+            a = article[d.entity]
+            new_id[d.doc_id] = (a, passages.get(a, 0))
+            passages[a] = passages.get(a, 0) + 1
+        ids = {old: f"{a}#{p}" for old, (a, p) in new_id.items()}
+        docs = [
+            {"id": ids[d.doc_id], "title": d.title, "contents": d.text}
+            for d in sorted(ds.corpus, key=lambda d: new_id[d.doc_id])
+        ]
+        qid = {q.query_id: str(n) for n, q in enumerate(ds.queries, 1)}
+        topics: dict[str, list] = {split: [] for split in ds.qrels}
+        for q in ds.queries:
+            topics[q.split].append((qid[q.query_id], q.text))
+        qrels = {
+            split: [
+                (qid[q], ids[d], rel)
+                for q, rels in by_query.items()
+                for d, rel in sorted(rels.items(), key=lambda x: new_id[x[0]])
+            ]
+            for split, by_query in ds.qrels.items()
+        }
+        return docs, topics, qrels
+
     # -- multilingual pre-training text -----------------------------------------------
 
     def code_switched_text(
@@ -1611,3 +1665,88 @@ def generate_multilingual_pretraining(
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(mixed) + "\n", encoding="utf-8")
     return out
+
+
+_MRTYDI_DEFAULTS: dict[str, Any] = {
+    "n_docs": 250,
+    "splits": {"train": 120, "dev": 30, "test": 60},
+    "n_topics": 6,
+    "max_relevant": 2,
+    "doc_words": [40, 120],
+    "synonym_rate": 0.6,
+    "alias_rate": 0.15,
+}
+
+
+def mrtydi_languages(spec_languages: Any, codes: Sequence[str]) -> list[str]:
+    """The Mr. TyDi codes to write, checked against the world's `languages` (codes)."""
+    where = "demo Mr. TyDi: languages"
+    available = [c for c in codes if c in MRTYDI_LANGUAGES]
+    if spec_languages is None:
+        if not available:
+            raise InputError(f"{where}: none of the demo languages {codes} is a Mr. TyDi one")
+        return available
+    if not isinstance(spec_languages, (list, tuple)) or not spec_languages:
+        raise InputError(f"{where}: must be a non-empty list of codes, got {spec_languages!r}")
+    for code in spec_languages:
+        if code not in MRTYDI_LANGUAGES:
+            raise InputError(
+                f"{where}: {code!r} is not a Mr. TyDi language ({', '.join(MRTYDI_LANGUAGES)})"
+            )
+        if code not in codes:
+            raise InputError(f"{where}: {code!r} is not one of demo_world.languages {codes}")
+    if len(set(spec_languages)) != len(spec_languages):
+        raise InputError(f"{where}: a language is listed twice in {spec_languages}")
+    return list(spec_languages)
+
+
+def generate_mrtydi(
+    out_dir: str | Path,
+    spec: dict[str, Any] | None,
+    seed: int,
+    world: dict[str, Any] | None = None,
+    languages: Sequence[Any] | None = None,
+) -> dict[str, Path]:
+    """Write `mrtydi-v1.1-<name>.tar.gz` per language into `out_dir` (Mr. TyDi's release
+    layout, see mrtydi.write_archive); code -> archive path. Each language's collection
+    is its own standard data set (random stream "mrtydi-<code>"), so adding a language
+    changes no other."""
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, dict):
+        raise InputError(f"demo Mr. TyDi: must be a mapping, got {type(spec).__name__}")
+    spec = dict(spec)
+    wanted = spec.pop("languages", None)
+    s = _checked("demo Mr. TyDi", spec, _MRTYDI_DEFAULTS)
+    splits = s["splits"]
+    if not splits or not all(isinstance(k, str) for k in splits):
+        raise InputError("demo Mr. TyDi: splits must map split names to question counts")
+    bad = sorted(set(splits) - set(MRTYDI_SPLITS))
+    if bad or "test" not in splits:
+        raise InputError(
+            f"demo Mr. TyDi: splits must be among {list(MRTYDI_SPLITS)} and include test, "
+            f"got {sorted(splits)}"
+        )
+    codes, _ = language_codes(languages)
+    chosen = mrtydi_languages(wanted, codes)
+    w = make_world(seed, world, languages)
+    ordered = {split: splits[split] for split in MRTYDI_SPLITS if split in splits}
+    collections = {}
+    for code in chosen:
+        dataset = {
+            "n_docs": s["n_docs"],
+            "splits": ordered,
+            "n_topics": s["n_topics"],
+            "language": codes.index(code),
+            "max_relevant": s["max_relevant"],
+            "doc_words": s["doc_words"],
+            "synonym_rate": s["synonym_rate"],
+            "alias_rate": s["alias_rate"],
+        }
+        collections[code] = w.mrtydi_collection(f"mrtydi-{code}", dataset)
+    out_dir = Path(out_dir)
+    with _atomic_dir(out_dir) as tmp:
+        for code, (docs, topics, qrels) in collections.items():
+            root = archive_root(code)
+            write_archive(tmp / f"{root}.tar.gz", root, docs, topics, qrels)
+    return {code: out_dir / f"{archive_root(code)}.tar.gz" for code in chosen}
