@@ -44,6 +44,8 @@ localrules:
     download_beir,
     download_corpus,
     download_qa,
+    download_mrtydi,
+    merge_rerank,
     qa_questions,
     mkqa_questions,
     prefetch_model,

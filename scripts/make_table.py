@@ -4,7 +4,7 @@ import argparse
 import json
 
 from contriever_repro.cli import run_main
-from contriever_repro.reporting import tables
+from contriever_repro.reporting import languages, tables
 
 
 def main():
@@ -20,8 +20,13 @@ def main():
     args = ap.parse_args()
 
     paper = tables.load_paper_results(args.paper)
-    metrics = tables.read_metrics(args.metrics)
-    built = tables.build_table(args.name, json.loads(args.spec), metrics, paper, args.label)
+    spec = json.loads(args.spec)
+    if languages.is_languages_spec(spec):  # Table 12: rows from the config (plan.report_spec)
+        rows = spec.pop("row_languages")
+        built = languages.build_languages_table(args.name, spec, rows, paper, args.label)
+    else:
+        metrics = tables.read_metrics(args.metrics)
+        built = tables.build_table(args.name, spec, metrics, paper, args.label)
     tables.write_table_outputs(built, args.csv, args.parquet, args.md)
 
 

@@ -326,10 +326,14 @@ def test_two_computed_columns_of_one_system_each_keep_the_papers_count(paper):
             paper, "contriever-msmarco-ft", "contriever-msmarco", "ndcg@10"
         ).items()
     }
+    # Both re-ranked columns computed with the paper's Ours+CE numbers.
+    for model in ("contriever-msmarco-ce", "contriever-msmarco-ft-ce"):
+        values |= _paper_metrics(paper, model, "contriever-msmarco-ce", "ndcg@10")
     long = build_long("table2b", spec, metrics_frame(values), paper)
     assert cell(long, BEST_ON, "Ours (released)")["value"] == 1  # the paper's count
     assert cell(long, BEST_ON, "Ours (fine-tuned here)")["value"] == 15
-    assert cell(long, BEST_ON, "Ours+CE")["value"] == 9
+    assert cell(long, BEST_ON, "Ours+CE (released)")["value"] == 9
+    assert cell(long, BEST_ON, "Ours+CE (fine-tuned here)")["value"] == 9
 
 
 # --------------------------------------------------------------------------- model templates
@@ -560,7 +564,12 @@ def test_paper_results_shape(paper):
     assert paper["qa_datasets"] == ["nq-open", "tqa-open"]
     assert len(paper["mkqa_datasets"]) == 26
     # every table's rows, in the paper's order: BEIR, open-domain QA, MKQA languages
-    datasets = [*paper["datasets"], *paper["qa_datasets"], *paper["mkqa_datasets"]]
+    datasets = [
+        *paper["datasets"],
+        *paper["qa_datasets"],
+        *paper["mkqa_datasets"],
+        *paper["mrtydi_datasets"],
+    ]
     for table, meta in paper["tables"].items():
         shown = _table_datasets(paper, table)
         # BEIR names, each once, in the paper's column order (Table 3's is not BEIR's).
@@ -616,8 +625,8 @@ def test_paper_averages_match_per_dataset_values(paper):
                     mean = sum(values) / len(values)
                     if abs(mean - reported) > 0.1 + 1e-9:
                         off.add((table, key, metric, avg_name))
-    # Tables 2, 10, 11; 6, 7, 8; 9; MKQA 5, 13, 14 (Tables 1 and 3 have none)
-    assert checked == 44 + 10 + 2 + 8 + 4 + 4
+    # Tables 2, 10, 11; 6, 7, 8; 9; MKQA 5, 13, 14; Mr. TyDi 4, 15 (Tables 1, 3 have none)
+    assert checked == 44 + 10 + 2 + 8 + 4 + 4 + 14 + 12
     assert off == known
 
 
@@ -847,6 +856,71 @@ def test_mkqa_table5_is_the_paper_text_and_agrees_with_tables_13_and_14(paper):
         assert "\t".join([label, _fmt(r20), _fmt(r100), *langs]) + "\n" in section, key
 
 
+TABLE4_ROWS = {
+    "bm25-mrtydi": "BM25 (Zhang et al., 2021)",
+    "mdpr": "mDPR (Zhang et al., 2021)",
+    "hybrid-mrtydi": "Hybrid (Zhang et al., 2021)",
+    "mbert-msmarco": "mBERT + MS MARCO",
+    "mcontriever": "mContriever",
+    "mcontriever-msmarco": "+ MS MARCO",
+    "mcontriever-mrtydi": "+ Mr. Tydi",
+}
+# Table 15: (pre-training languages, stage) of each system; the paper prints the stages
+# as sub-headings ("+ MS MARCO", "+ Mr. TyDi") above two rows, "11 languages", "29 languages".
+TABLE15_ROWS = {
+    "mcontriever-11": ("11 languages", 0),
+    "mcontriever": ("29 languages", 0),
+    "mcontriever-11-msmarco": ("11 languages", 1),
+    "mcontriever-msmarco": ("29 languages", 1),
+    "mcontriever-11-mrtydi": ("11 languages", 2),
+    "mcontriever-mrtydi": ("29 languages", 2),
+}
+
+
+def _row(label: str, system: dict, metric: str, table: str, paper: dict) -> str:
+    values = [system[metric][d] for d in paper["mrtydi_datasets"]]
+    average = system["averages"][table][metric]["Avg."]
+    return "\t".join([label, *map(_fmt, values), _fmt(average)])
+
+
+def test_mrtydi_table4_is_the_paper_text(paper):
+    """Each block (MRR@100, then Recall@100) prints the seven rows in order."""
+    section = _paper_section(4)
+    assert paper["tables"]["table4"]["systems"] == list(TABLE4_ROWS)
+    languages = ["ar", "bn", "en", "fi", "id", "ja", "ko", "ru", "sw", "te", "th"]
+    assert paper["mrtydi_datasets"] == [f"mrtydi-{c}" for c in languages]
+    header = "\t" + "\t".join([*languages, "avg"])
+    assert header in section
+    at = []
+    for metric, heading in (("mrr@100", "MRR@100"), ("recall@100", "Recall@100")):
+        at.append(section.index(heading, at[-1] if at else 0))
+        for key, label in TABLE4_ROWS.items():
+            line = _row(label, paper["systems"][key], metric, "table4", paper)
+            at.append(section.index(f"{line}\n", at[-1]))
+    assert at == sorted(at)
+
+
+def test_mrtydi_table15_is_the_paper_text_and_shares_table4s_rows(paper):
+    found = [p for p in PAPER_TEXT if p.exists()]
+    if not found:
+        pytest.skip("paper text not available")
+    text = found[0].read_text(encoding="utf-8")
+    section = text[text.index("Table 15: ") :]
+    assert paper["tables"]["table15"]["systems"] == list(TABLE15_ROWS)
+    at = 0
+    for metric, heading in (("mrr@100", "MRR@100"), ("recall@100", "R@100")):
+        at = section.index(f"{heading}\t", at)
+        for stage in range(3):
+            for key, (label, row_stage) in TABLE15_ROWS.items():
+                if row_stage == stage:
+                    line = _row(label, paper["systems"][key], metric, "table15", paper)
+                    at = section.index(f"{line}", at)
+    # The 29-language rows are Table 4's mContriever rows: one system, one set of numbers.
+    for key in ("mcontriever", "mcontriever-msmarco", "mcontriever-mrtydi"):
+        averages = paper["systems"][key]["averages"]
+        assert averages["table4"] == averages["table15"], key
+
+
 def test_table7_crop_and_table8_wiki_are_the_same_model(paper):
     crop = paper["systems"]["ablation-crop"]["ndcg@10"]
     wiki = paper["systems"]["ablation-wiki"]["ndcg@10"]
@@ -947,6 +1021,8 @@ def test_paper_table_specs_reproduce_the_paper_from_paper_valued_metrics(paper):
         (k["table"], k["system"], k["metric"], k["average"]) for k in paper["known_inconsistencies"]
     }
     values: dict[tuple[str, str, str], float] = {}
+    # Table 12 lists languages, not metrics (tests/test_languages_table.py).
+    config["tables"] = {n: s for n, s in config["tables"].items() if s.get("kind") != "languages"}
     for name, spec in config["tables"].items():
         parsed = parse_table_spec(name, spec, paper)
         for col in parsed.columns:

@@ -46,7 +46,7 @@ class Unit:
     dataset: str
     subset: str | None
     split: str
-    source: str  # "beir" (download), "local" (folder) or "demo" (generated)
+    source: str  # "beir" (download), "local" (folder), "demo" (generated), "mrtydi" (archive)
     path: str | None  # local folder, for source == "local"
     shards: int
 
@@ -110,6 +110,8 @@ def dataset_units(config: dict, catalog: dict) -> dict[str, list[Unit]]:
                 )
         if source == "local" and not cfg.get("path"):
             raise InputError(f"datasets.{name}: source local needs a path")
+        if source == "mrtydi":
+            check_mrtydi_dataset(config, name)
         split = cfg.get("split", entry.get("split", "test"))
         subsets = cfg.get("subsets", entry.get("subsets"))
         shards = int(cfg.get("shards", 1))
@@ -121,6 +123,26 @@ def dataset_units(config: dict, catalog: dict) -> dict[str, list[Unit]]:
         else:
             out[name] = [Unit(name, name, None, split, source, cfg.get("path"), shards)]
     return out
+
+
+def check_mrtydi_dataset(config: dict, name: str) -> None:
+    """A `source: mrtydi` data set names one of Mr. TyDi's 11 languages, and its archive
+    is downloaded (`mrtydi.url`), a local file (`archive: <path>`) or the demo world's
+    (`archive: demo`)."""
+    from .data.mrtydi import MRTYDI_LANGUAGES
+
+    cfg = (config.get("datasets") or {})[name] or {}
+    language = cfg.get("language")
+    if language not in MRTYDI_LANGUAGES:
+        raise InputError(
+            f"datasets.{name}.language: Mr. TyDi has no language {language!r} "
+            f"(its 11: {', '.join(MRTYDI_LANGUAGES)})"
+        )
+    if not cfg.get("archive") and not (config.get("mrtydi") or {}).get("url"):
+        raise InputError(
+            f"datasets.{name}: a Mr. TyDi data set needs `mrtydi.url` (the release archives) "
+            "or its own `archive: <path to mrtydi-v1.1-<name>.tar.gz>`"
+        )
 
 
 # ------------------------------------------------------------ open-domain QA and MKQA
@@ -220,10 +242,61 @@ def all_units(config: dict, catalog: dict) -> dict[str, Unit]:
 
 
 def model_kind(config: dict, model: str) -> str:
+    """dense, bm25 or rerank (a first-stage run re-ranked by a cross-encoder)."""
     models = config.get("models") or {}
     if model not in models:
         raise InputError(f"models.{model}: not defined in the config (known: {sorted(models)})")
-    return (models[model] or {}).get("type", "dense")
+    kind = (models[model] or {}).get("type", "dense")
+    if kind == "rerank":
+        rerank_config(config, model)
+    return kind
+
+
+RERANK_DEFAULTS = {"depth": 100}
+CROSS_ENCODER_DEFAULTS = {
+    "revision": None,
+    "max_length": 512,
+    "batch_size": 128,
+    "dtype": "fp32",
+    "label_index": None,
+}
+
+
+def rerank_config(config: dict, model: str) -> dict:
+    """A `type: rerank` model with its cross-encoder's settings, checked: the first stage
+    is a retrieval model of this config (not itself a re-ranking) and the cross-encoder
+    is defined under `cross_encoders`."""
+    models = config.get("models") or {}
+    cfg = {**RERANK_DEFAULTS, **(models[model] or {})}
+    where = f"models.{model}"
+    first = cfg.get("first_stage")
+    if first not in models:
+        raise InputError(
+            f"{where}.first_stage: '{first}' is not defined under models (known: {sorted(models)})"
+        )
+    if (models[first] or {}).get("type") == "rerank":
+        raise InputError(f"{where}.first_stage: '{first}' is itself a re-ranking")
+    encoders = config.get("cross_encoders") or {}
+    name = cfg.get("cross_encoder")
+    if name not in encoders:
+        raise InputError(
+            f"{where}.cross_encoder: '{name}' is not defined under cross_encoders "
+            f"(known: {sorted(encoders)})"
+        )
+    source = str((encoders[name] or {}).get("source", ""))
+    built = workflow_model_name(source)
+    if built is not None and built not in {**(config.get("finetuning") or {}),
+                                           **(config.get("tiny_berts") or {})}:  # fmt: skip
+        raise InputError(
+            f"cross_encoders.{name}.source: workflow:{built} is built by no fine-tuning "
+            "(objective: cross_encoder) or tiny_berts entry"
+        )
+    if int(cfg["depth"]) > int((config.get("evaluation") or {}).get("top_k", 0)):
+        raise InputError(
+            f"{where}.depth: {cfg['depth']} is more than the first stage retrieves "
+            f"(evaluation.top_k {config['evaluation']['top_k']})"
+        )
+    return {**cfg, "cross_encoder_config": {**CROSS_ENCODER_DEFAULTS, **encoders[name]}}
 
 
 def workflow_model_name(source: str) -> str | None:
@@ -241,6 +314,11 @@ def hub_sources(config: dict) -> dict[str, HubSource]:
         cfg = cfg or {}
         if cfg.get("type", "dense") == "dense" and is_hub_id(cfg.get("source", "")):
             uses.setdefault(cfg["source"], []).append((f"models.{name}", cfg.get("revision")))
+    for name, cfg in (config.get("cross_encoders") or {}).items():
+        if is_hub_id(cfg.get("source", "")):
+            uses.setdefault(cfg["source"], []).append(
+                (f"cross_encoders.{name}", cfg.get("revision"))
+            )
     for name, cfg in (config.get("tokenizers") or {}).items():
         if is_hub_id(cfg.get("source", "")):
             uses.setdefault(cfg["source"], []).append((f"tokenizers.{name}", cfg.get("revision")))
@@ -327,6 +405,18 @@ def table_cells(table: dict) -> list[tuple[str, str]]:
             if isinstance(point, dict) and point.get("model"):
                 pairs.extend((point["model"], ds) for ds in datasets)
     return pairs
+
+
+def report_spec(config: dict, kind: str, name: str) -> dict:
+    """A table or figure spec as its rule passes it on: a languages table (Table 12)
+    carries the languages the config uses for each row (`row_languages`), so the table is
+    rebuilt whenever they change."""
+    from .reporting import languages
+
+    spec = dict(config[kind][name])
+    if kind == "tables" and languages.is_languages_spec(spec):
+        spec["row_languages"] = languages.row_languages(config, name, config[kind][name])
+    return spec
 
 
 def model_card_cells(config: dict, name: str) -> list[tuple[str, str]]:
@@ -449,7 +539,7 @@ def check_reports(config: dict, paper: Mapping | None = None) -> None:
     its models and data sets (check_references), its paper systems (`paper`, default
     the file config.paper_results) and the metrics its computed cells read.
     Every error names the table or figure and the key."""
-    from .reporting import figures, tables
+    from .reporting import figures, languages, tables
 
     reports = {kind: config.get(kind) or {} for kind in REPORT_KEYS}
     for kind, pattern in REPORT_KEYS.items():
@@ -471,6 +561,9 @@ def check_reports(config: dict, paper: Mapping | None = None) -> None:
     ks = list((config.get("evaluation") or {}).get("k_values") or [])
     parsed: list[tuple[str, Any, bool]] = []
     for name, spec in reports["tables"].items():
+        if languages.is_languages_spec(spec):  # Table 12: read from the config itself
+            languages.row_languages(config, name, spec)
+            continue
         table = tables.parse_table_spec(name, spec, paper)
         parsed.append((f"tables.{name}", table, True))
     for name, spec in reports["figures"].items():
@@ -532,15 +625,16 @@ def finetune_config(config: dict, name: str):
     cfg = FinetuneConfig.from_dict(name, experiments[name])
     where = f"finetuning.{name}"
     datasets = config.get("datasets") or {}
-    if cfg.data not in datasets:
-        raise InputError(
-            f"{where}.data: '{cfg.data}' is not defined under datasets (known: {sorted(datasets)})"
-        )
-    if (datasets[cfg.data] or {}).get("subsets"):
-        raise InputError(
-            f"{where}.data: '{cfg.data}' is a group of sub-collections; "
-            "fine-tuning needs one collection"
-        )
+    for data in cfg.datasets:
+        if data not in datasets:
+            raise InputError(
+                f"{where}.data: '{data}' is not defined under datasets (known: {sorted(datasets)})"
+            )
+        if (datasets[data] or {}).get("subsets"):
+            raise InputError(
+                f"{where}.data: '{data}' is a group of sub-collections; "
+                "fine-tuning needs one collection per data set"
+            )
     built = workflow_model_name(cfg.init)
     builders = {
         **(config.get("pretraining") or {}),

@@ -270,6 +270,8 @@ def unit_source_folder(wildcards):
         base = u.path
     elif u.source == "demo":
         base = f"{WORK}/raw/demo/{u.dataset}"
+    elif u.source == "mrtydi":
+        base = f"{WORK}/raw/mrtydi/{u.dataset}"
     else:
         base = f"{WORK}/raw/beir/{u.dataset}"
     return f"{base}/{u.subset}" if u.subset else base
@@ -283,7 +285,98 @@ def unit_source_input(wildcards):
         return plan.local_unit_files(u)
     if u.source == "demo":
         return f"{WORK}/raw/demo"
+    if u.source == "mrtydi":
+        return f"{WORK}/raw/mrtydi/{u.dataset}"
     return f"{WORK}/raw/beir/{u.dataset}"
+
+
+# ------------------------------------------------------------ Mr. TyDi helpers
+
+MRTYDI = config.get("mrtydi") or {}
+MRTYDI_SETS = [
+    name
+    for name, cfg in (config.get("datasets") or {}).items()
+    if (cfg or {}).get("source") == "mrtydi"
+]
+
+
+def mrtydi_archive_name(dataset):
+    """`mrtydi-v1.1-<name>.tar.gz`, the release archive of the data set's language."""
+    from contriever_repro.data.mrtydi import archive_name
+
+    return f"mrtydi-v1.1-{archive_name(config['datasets'][dataset]['language'])}.tar.gz"
+
+
+def mrtydi_archive_input(dataset):
+    """The archive a Mr. TyDi data set is unpacked from: downloaded, a local file (read
+    in place) or the demo world's folder (which holds it)."""
+    archive = config["datasets"][dataset].get("archive")
+    if archive == "demo":
+        return f"{WORK}/raw/demo"
+    if archive:
+        return archive
+    return f"{WORK}/downloads/mrtydi/{mrtydi_archive_name(dataset)}"
+
+
+def mrtydi_archive_file(dataset, input):
+    if config["datasets"][dataset].get("archive") == "demo":
+        return f"{input[0]}/mrtydi/{mrtydi_archive_name(dataset)}"
+    return input[0]
+
+
+def mrtydi_download_url(filename):
+    name = filename[len("mrtydi-v1.1-") : -len(".tar.gz")]
+    return MRTYDI["url"].format(name=name)
+
+
+def mrtydi_download_md5(filename):
+    from contriever_repro.data.mrtydi import MRTYDI_LANGUAGES
+
+    by_name = {f"mrtydi-v1.1-{n}.tar.gz": code for code, n in MRTYDI_LANGUAGES.items()}
+    return (MRTYDI.get("md5s") or {}).get(by_name.get(filename), "") or ""
+
+
+# ------------------------------------------------------------ cross-encoder re-ranking
+
+CROSS_ENCODERS = config.get("cross_encoders") or {}
+RERANK_MODELS = [
+    m for m, cfg in (config.get("models") or {}).items() if (cfg or {}).get("type") == "rerank"
+]
+
+
+def rerank_cfg(model):
+    """The re-ranking model with its cross-encoder's settings (`cross_encoder_config`)."""
+    return plan.rerank_config(config, model)
+
+
+def cross_encoder_input(model):
+    """The cross-encoder's folder as an input: built here or prefetched; [] for a local
+    folder (read in place)."""
+    source = rerank_cfg(model)["cross_encoder_config"]["source"]
+    folder = plan.model_location(source, WORK)
+    return [folder] if folder else []
+
+
+def cross_encoder_path(model):
+    source = rerank_cfg(model)["cross_encoder_config"]["source"]
+    return plan.model_location(source, WORK) or source
+
+
+def query_shards(unit):
+    """Jobs a re-ranking of the unit's queries is split into (datasets.<name>.query_shards)."""
+    return int(config["datasets"][UNITS[unit].dataset].get("query_shards", 1))
+
+
+def rerank_shard_runs(model, unit):
+    n = query_shards(unit)
+    return [f"{WORK}/runs/rerank/{model}/{unit}.{i}-of-{n}.parquet" for i in range(n)]
+
+
+def rerank_args(wildcards):
+    """Optional arguments of a re-ranking job, each value quoted."""
+    ce = rerank_cfg(wildcards.model)["cross_encoder_config"]
+    label = ce.get("label_index")
+    return f"--label-index {shlex.quote(str(label))}" if label is not None else ""
 
 
 def all_targets():
@@ -499,43 +592,54 @@ def model_source_folder(source):
     return plan.model_location(source, WORK) or source
 
 
-def mined_file(name):
-    return f"{WORK}/finetune/mined/{name}.parquet"
+def mined_file(name, dataset):
+    """Hard negatives mined for experiment `name` on one of its data sets."""
+    return f"{WORK}/finetune/mined/{name}/{dataset}.parquet"
 
 
 def finetune_inputs(name):
     """Named inputs of a fine-tuning job; optional ones only where the experiment uses
     them (phase 2: mined negatives and the phase-1 model; few-shot: a dev split)."""
     cfg = finetune_experiment(name)
+    data = cfg.datasets
     files = {
-        "corpus": unit_tables(cfg.data)["corpus"],
-        **training_tables(cfg.data, cfg.train_split),
+        "corpus": [unit_tables(d)["corpus"] for d in data],
+        "queries": [training_tables(d, cfg.train_split)["queries"] for d in data],
+        "records": [training_tables(d, cfg.train_split)["records"] for d in data],
     }
     init = model_source_folder(cfg.init)
     if init != cfg.init:
         files["init"] = init
     if cfg.mined_by:
-        files["mined"] = mined_file(name)
+        files["mined"] = [mined_file(name, d) for d in data]
         files["mined_by_model"] = f"{WORK}/models/{cfg.mined_by}"
     if cfg.dev_split:
-        dev = training_tables(cfg.data, cfg.dev_split)
+        dev = training_tables(data[0], cfg.dev_split)
         files["dev_queries"], files["dev_records"] = dev["queries"], dev["records"]
     return files
 
 
 def finetune_args(wildcards, input):
-    """Optional arguments of the fine-tuning script, each value quoted."""
+    """The data sets' files (in `data` order, one --dataset group each) and the optional
+    arguments of the fine-tuning script, each value quoted."""
+    cfg = finetune_experiment(wildcards.name)
+    args = []
+    for i, dataset in enumerate(cfg.datasets):
+        args += [f"--dataset {shlex.quote(dataset)}"]
+        for key in ("corpus", "queries", "records", "mined"):
+            if key in input.keys():
+                args.append(f"--{key} {shlex.quote(str(input[key][i]))}")
     flags = {
-        "mined": "--mined",
         "mined_by_model": "--mined-by-model",
         "dev_queries": "--dev-queries",
         "dev_records": "--dev-records",
     }
-    return " ".join(
+    args += [
         f"{flag} {shlex.quote(str(input[key]))}"
         for key, flag in flags.items()
         if key in input.keys()
-    )
+    ]
+    return " ".join(args)
 
 
 def finetune_resources(name):
@@ -568,14 +672,24 @@ FINETUNE_RESOURCE_KEYS = sorted(
 )
 
 
-def mining_inputs(name):
-    """Phase 2's mining: the phase-1 model, its embeddings of the collection (the
-    sharded encoding jobs), the training queries and records."""
+def mining_inputs(name, dataset):
+    """Phase 2's mining on one of the experiment's data sets: the phase-1 model, its
+    embeddings of that collection (the sharded encoding jobs, shared with its
+    evaluation), the training queries and records."""
     cfg = finetune_experiment(name)
     miner_model = plan.mining_model(config, name, cfg.mined_by)
     return {
         "model": f"{WORK}/models/{cfg.mined_by}",
-        "shards": corpus_shards(miner_model, cfg.data),
-        "corpus": unit_tables(cfg.data)["corpus"],
-        **training_tables(cfg.data, cfg.train_split),
+        "shards": corpus_shards(miner_model, dataset),
+        "corpus": unit_tables(dataset)["corpus"],
+        **training_tables(dataset, cfg.train_split),
     }
+
+
+# (experiment, data set) pairs that mining builds: the wildcard constraints of its rule.
+MINED = [
+    (n, d)
+    for n in FINETUNING
+    if (FINETUNING[n] or {}).get("mined_by")
+    for d in finetune_experiment(n).datasets
+]

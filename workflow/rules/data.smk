@@ -68,6 +68,54 @@ rule convert_beir:
         "{params.lenient} 2> {log:q}"
 
 
+# ------------------------------------------------------ Mr. TyDi
+# One release archive per language (mrtydi.url), downloaded through the project's one
+# download path, unpacked into a BEIR folder as the authors' convertmrtydi2beir.py does
+# (titles set to "", every split's topics, qrels per split); convert_beir and
+# training_set then read it like any BEIR data set. Code: data/mrtydi.py.
+
+
+rule download_mrtydi:
+    output:
+        f"{WORK}/downloads/mrtydi/{{filename}}",
+    log:
+        f"{WORK}/logs/download_mrtydi/{{filename}}.log",
+    wildcard_constraints:
+        filename=r"mrtydi-v1\.1-[a-z]+\.tar\.gz",
+    retries: 0  # retries and resumes by itself, as download_beir
+    resources:
+        **rule_resources("download"),
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/download_file.py",
+        url=lambda wc: mrtydi_download_url(wc.filename),
+        md5=lambda wc: mrtydi_download_md5(wc.filename),
+    shell:
+        "{params.py:q} {params.script:q} --url={params.url:q} --md5={params.md5:q} "
+        "--mirror={MIRROR:q} --out={output:q} 2> {log:q}"
+
+
+rule unpack_mrtydi:
+    input:
+        lambda wc: mrtydi_archive_input(wc.dataset),
+    output:
+        directory(f"{WORK}/raw/mrtydi/{{dataset}}"),
+    log:
+        f"{WORK}/logs/unpack_mrtydi/{{dataset}}.log",
+    wildcard_constraints:
+        dataset=one_of(MRTYDI_SETS),
+    resources:
+        **rule_resources("convert"),
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/unpack_mrtydi.py",
+        archive=lambda wc, input: mrtydi_archive_file(wc.dataset, input),
+        language=lambda wc: config["datasets"][wc.dataset]["language"],
+    shell:
+        "{params.py:q} {params.script:q} --archive {params.archive:q} "
+        "--language {params.language:q} --out {output:q} 2> {log:q}"
+
+
 # ------------------------------------------------------ open-domain QA and MKQA inputs
 # Passages (DPR's psgs_w100.tsv format), question sets with answers, MKQA; code:
 # lib/contriever_repro/data/openqa.py and mkqa.py.

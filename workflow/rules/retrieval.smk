@@ -192,15 +192,16 @@ rule bm25:
 # Code: lib/contriever_repro/retrieval/mining.py.
 rule mine_negatives:
     input:
-        unpack(lambda wc: mining_inputs(wc.name)),
+        unpack(lambda wc: mining_inputs(wc.name, wc.dataset)),
     output:
-        mined=f"{WORK}/finetune/mined/{{name}}.parquet",
-        report=f"{RESULTS}/mining/{{name}}.md",
-        plot=f"{RESULTS}/mining/{{name}}.png",
+        mined=f"{WORK}/finetune/mined/{{name}}/{{dataset}}.parquet",
+        report=f"{RESULTS}/mining/{{name}}/{{dataset}}.md",
+        plot=f"{RESULTS}/mining/{{name}}/{{dataset}}.png",
     log:
-        f"{WORK}/logs/mine_negatives/{{name}}.log",
+        f"{WORK}/logs/mine_negatives/{{name}}/{{dataset}}.log",
     wildcard_constraints:
-        name=one_of(n for n in FINETUNING if (FINETUNING[n] or {}).get("mined_by")),
+        name=one_of(sorted({n for n, _ in MINED})),
+        dataset=one_of(sorted({d for _, d in MINED})),
     threads: res("search", "cpus_per_task", 1)
     resources:
         **rule_resources("search"),
@@ -233,3 +234,64 @@ rule mine_negatives:
         "--seed {params.seed:q} --device {params.device:q} --gpus {params.gpus:q} "
         "--threads {threads:q} --out {output.mined:q} --report {output.report:q} "
         "--plot {output.plot:q} 2> {log:q}"
+
+
+# Cross-encoder re-ranking (Table 2's "Ours+CE"): the first stage's top `depth` hits of
+# each query re-scored by the cross-encoder and ordered by it, the hits below `depth`
+# kept in their order beneath them; one job per query shard, then merged. Code:
+# lib/contriever_repro/retrieval/rerank.py.
+rule rerank:
+    input:
+        run=lambda wc: run_path(rerank_cfg(wc.model)["first_stage"], wc.unit),
+        queries=lambda wc: unit_tables(wc.unit)["queries"],
+        corpus=lambda wc: unit_tables(wc.unit)["corpus"],
+        cross_encoder=lambda wc: cross_encoder_input(wc.model),
+    output:
+        run=f"{WORK}/runs/rerank/{{model}}/{{unit}}.{{shard}}-of-{{n}}.parquet",
+    log:
+        f"{WORK}/logs/rerank/{{model}}/{{unit}}.{{shard}}-of-{{n}}.log",
+    wildcard_constraints:
+        model=one_of(RERANK_MODELS),
+        unit=one_of(UNITS),
+    threads: res("rerank", "cpus_per_task", 1)
+    resources:
+        **rule_resources("rerank"),
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/rerank.py",
+        cross_encoder=lambda wc: cross_encoder_path(wc.model),
+        depth=lambda wc: rerank_cfg(wc.model)["depth"],
+        batch_size=lambda wc: rerank_cfg(wc.model)["cross_encoder_config"]["batch_size"],
+        max_length=lambda wc: rerank_cfg(wc.model)["cross_encoder_config"]["max_length"],
+        dtype=lambda wc: rerank_cfg(wc.model)["cross_encoder_config"]["dtype"],
+        args=rerank_args,
+        device=DEVICE,
+        gpus=lambda wc, resources: resources.get("gpu", 0),
+    shell:
+        "{params.py:q} {params.script:q} score --run {input.run:q} --queries {input.queries:q} "
+        "--corpus {input.corpus:q} --cross-encoder {params.cross_encoder:q} {params.args} "
+        "--depth {params.depth:q} --shard {wildcards.shard:q} --num-shards {wildcards.n:q} "
+        "--batch-size {params.batch_size:q} --max-length {params.max_length:q} "
+        "--dtype {params.dtype:q} --device {params.device:q} --gpus {params.gpus:q} "
+        "--threads {threads:q} --out {output.run:q} 2> {log:q}"
+
+
+rule merge_rerank:
+    input:
+        shards=lambda wc: rerank_shard_runs(wc.model, wc.unit),
+        first_stage=lambda wc: run_path(rerank_cfg(wc.model)["first_stage"], wc.unit),
+    output:
+        run=f"{WORK}/runs/rerank/{{model}}/{{unit}}.parquet",
+        trec=f"{WORK}/runs/rerank/{{model}}/{{unit}}.trec",
+    log:
+        f"{WORK}/logs/merge_rerank/{{model}}/{{unit}}.log",
+    wildcard_constraints:
+        model=one_of(RERANK_MODELS),
+        unit=one_of(UNITS),
+    params:
+        py=PY,
+        script=f"{SCRIPTS}/rerank.py",
+    shell:
+        "{params.py:q} {params.script:q} merge --run-shards {input.shards:q} "
+        "--first-stage {input.first_stage:q} --tag {wildcards.model:q} "
+        "--out {output.run:q} --trec {output.trec:q} 2> {log:q}"

@@ -72,9 +72,11 @@ rule pretrain:
         "{params.time_limit} 2> {log:q}"
 
 
-# Supervised fine-tuning (paper A.2, A.3): the same engine and run-folder discipline as
-# pre-training (resume, exit 75 on pre-emption, failed.json), on a data set's training
-# records; phase 2 adds the negatives mined by its phase-1 model (rule mine_negatives).
+# Supervised fine-tuning (paper A.2, A.3, B.2): the same engine and run-folder discipline
+# as pre-training (resume, exit 75 on pre-emption, failed.json), on the training records
+# of one data set or several (Mr. TyDi's 11 languages); phase 2 adds the negatives mined
+# by its phase-1 model on each data set (rule mine_negatives). A cross-encoder
+# (objective: cross_encoder) trains with the same engine.
 # Code: lib/contriever_repro/training/finetune.py.
 rule finetune:
     input:
@@ -103,6 +105,5 @@ rule finetune:
     shell:
         "{params.launch} {params.script:q} --name {wildcards.name:q} "
         "--experiment {params.experiment:q} --init {params.init:q} "
-        "--corpus {input.corpus:q} --queries {input.queries:q} --records {input.records:q} "
         "{params.args} --run-dir {params.run_dir:q} --export {output:q} "
         "--attempt {resources.attempt:q} {params.time_limit} 2> {log:q}"
