@@ -522,7 +522,7 @@ def check_pretraining(config: dict) -> None:
 
 def finetune_config(config: dict, name: str):
     """The typed experiment `finetuning.<name>`, checked against the rest of the config:
-    its data set (one collection, not a group of sub-forums), its init (a model built
+    its data set(s) (each one collection, not a group of sub-forums), its init (a model built
     here must be built by some rule), and the phase-1 experiment that mines for it."""
     from .training.config import FinetuneConfig
 
@@ -532,15 +532,16 @@ def finetune_config(config: dict, name: str):
     cfg = FinetuneConfig.from_dict(name, experiments[name])
     where = f"finetuning.{name}"
     datasets = config.get("datasets") or {}
-    if cfg.data not in datasets:
-        raise InputError(
-            f"{where}.data: '{cfg.data}' is not defined under datasets (known: {sorted(datasets)})"
-        )
-    if (datasets[cfg.data] or {}).get("subsets"):
-        raise InputError(
-            f"{where}.data: '{cfg.data}' is a group of sub-collections; "
-            "fine-tuning needs one collection"
-        )
+    for data in cfg.datasets:
+        if data not in datasets:
+            raise InputError(
+                f"{where}.data: '{data}' is not defined under datasets (known: {sorted(datasets)})"
+            )
+        if (datasets[data] or {}).get("subsets"):
+            raise InputError(
+                f"{where}.data: '{data}' is a group of sub-collections; "
+                "fine-tuning needs one collection"
+            )
     built = workflow_model_name(cfg.init)
     builders = {
         **(config.get("pretraining") or {}),
