@@ -615,7 +615,7 @@ def check_pretraining(config: dict) -> None:
 
 def finetune_config(config: dict, name: str):
     """The typed experiment `finetuning.<name>`, checked against the rest of the config:
-    its data set (one collection, not a group of sub-forums), its init (a model built
+    its data set(s) (each one collection, not a group of sub-forums), its init (a model built
     here must be built by some rule), and the phase-1 experiment that mines for it."""
     from .training.config import FinetuneConfig
 

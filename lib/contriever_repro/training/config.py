@@ -182,6 +182,7 @@ class PretrainConfig(TrainingRun):
 
 
 OPTIMIZERS = ("asam", "adamw")
+PASSAGE_POOLS = ("corpus", "referenced")
 
 
 @dataclass(frozen=True)
@@ -195,11 +196,26 @@ class FinetuneConfig(TrainingRun):
     negatives) and `hard_ratio: 0.1`. Few-shot runs (A.3) set `epochs`, a dev set
     (`dev_split` or `dev_holdout`) and `eval_every`: the model kept is the best on dev.
     Choices the paper leaves open are documented in docs/finetuning.md.
+
+    `data` is one `datasets` key or a list of them: the multilingual recipe (B.2) trains
+    on Mr. TyDi's 11 training sets at once (one data set's mined negatives each); ids are
+    then namespaced `<data set>/<id>` (finetune.load_training_data).
+
+    `passage_pool` is where random negatives come from. `corpus`: every passage of the
+    data sets' collections (the paper's phase 1), all held in memory by every training
+    process. `referenced`: only the passages the training records (positives, negatives)
+    and the mined negatives name, read row group by row group, so memory follows the
+    training set instead of the collection (58M Mr. TyDi passages). Random negatives
+    are then passages some training query names, harder and fewer than the corpus's;
+    with hard_ratio 1.0 and at least n_negatives mined (or record) negatives per query
+    no random negative is ever drawn, and `referenced` trains exactly as `corpus`.
+    `referenced` requires named negatives: mined ones (mined_by) or, per data set,
+    records whose negative_ids are not all empty (checked when the data is loaded).
     """
 
     # what to train from and on (resolved to folders by the workflow)
     init: str = "workflow:contriever"
-    data: str = "msmarco"  # a `datasets` key whose (BEIR) folder has the training split
+    data: str | tuple[str, ...] = "msmarco"  # `datasets` key(s) with a training split
     train_split: str = "train"
     # negatives
     n_negatives: int = 1
@@ -209,6 +225,7 @@ class FinetuneConfig(TrainingRun):
     mining_rank_min: int = 10
     mining_rank_max: int = 100
     mining_per_query: int | None = None  # None: every hit in the rank range
+    passage_pool: str = "corpus"  # random negatives from: corpus | referenced
     # dev selection (few-shot)
     dev_split: str | None = None
     dev_holdout: float = 0.0  # share of the training queries held out as dev
@@ -247,6 +264,14 @@ class FinetuneConfig(TrainingRun):
 
         if self.optimizer not in OPTIMIZERS:
             raise bad("optimizer", f"must be one of {list(OPTIMIZERS)}")
+        if self.passage_pool not in PASSAGE_POOLS:
+            raise bad("passage_pool", f"must be one of {list(PASSAGE_POOLS)}")
+        names = self.datasets
+        if not names or not all(isinstance(d, str) and d for d in names):
+            raise bad("data", "must be a data set name or a non-empty list of names")
+        if len(set(names)) != len(names):
+            dup = next(d for d in names if names.count(d) > 1)
+            raise bad("data", f"data set {dup!r} is listed twice")
         _check_common(
             self,
             where,
@@ -289,12 +314,29 @@ class FinetuneConfig(TrainingRun):
             raise bad("dev_holdout", "must be < 1")
         if self.patience is not None and not self.has_dev:
             raise bad("patience", "early stopping needs a dev set (dev_split or dev_holdout)")
+        if self.has_dev and len(names) > 1:
+            raise bad("data", "a dev set (dev_split, dev_holdout) needs a single data set")
 
     # ------------------------------------------------------------------ derived values
 
     @property
     def has_dev(self) -> bool:
         return self.dev_split is not None or self.dev_holdout > 0
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        """The `datasets` keys trained on, in the order their tables are passed."""
+        return (self.data,) if isinstance(self.data, str) else tuple(self.data)
+
+    def training_dict(self) -> dict:
+        """As TrainingRun's; a list of data sets is a list, and the default passage pool
+        is left out so that run folders made before the key existed still resume."""
+        out = super().training_dict()
+        if not isinstance(self.data, str):
+            out["data"] = list(self.data)
+        if self.passage_pool == "corpus":
+            del out["passage_pool"]
+        return out
 
     def mining(self) -> dict:
         """The mining settings (they name the mined file's identity)."""
@@ -321,6 +363,8 @@ def _from_mapping(cls, section: str, name: str, spec: Mapping[str, Any] | None):
         if isinstance(sources, str) or not isinstance(sources, list | tuple) or not sources:
             raise InputError(f"{where}.sources: expected a non-empty list of corpus names")
         spec["sources"] = tuple(str(s) for s in sources)
+    if isinstance(spec.get("data"), list):
+        spec["data"] = tuple(spec["data"])
     for key, value in spec.items():
         _check_type(where, key, value, fields[key].type)
     cfg = cls(name=name, **spec)
@@ -386,6 +430,7 @@ def _check_type(where: str, key: str, value: Any, annotation: str) -> None:
         "int": isinstance(value, int) and not isinstance(value, bool),
         "float": isinstance(value, int | float) and not isinstance(value, bool),
         "tuple[str, ...]": isinstance(value, tuple),
+        "str | tuple[str, ...]": isinstance(value, str | tuple),
     }.get(base, True)
     if not ok:
         raise InputError(f"{where}.{key}: expected {base}, got {type(value).__name__} {value!r}")

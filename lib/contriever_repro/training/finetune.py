@@ -22,10 +22,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -58,6 +59,14 @@ from .engine import (
     start_state,
 )
 from .finetune_batches import FinetuneBatches, TrainingExamples, steps_for_epochs
+from .finetune_data import (
+    PathLike,
+    named_negatives,
+    namespace,
+    per_dataset,
+    read_passages,
+    referenced_ids,
+)
 from .optim import build_optimisation
 from .runfolder import EXPORT_DIR, experiment_record
 
@@ -81,19 +90,26 @@ class TrainingData:
 
 def load_training_data(
     cfg: FinetuneConfig,
-    corpus: str | Path,
-    queries: str | Path,
-    records: str | Path,
-    mined: str | Path | None = None,
-    mined_by_model: str | Path | None = None,
-    dev_queries: str | Path | None = None,
-    dev_records: str | Path | None = None,
+    corpus: PathLike | Sequence[PathLike],
+    queries: PathLike | Sequence[PathLike],
+    records: PathLike | Sequence[PathLike],
+    mined: PathLike | Sequence[PathLike] | None = None,
+    mined_by_model: PathLike | None = None,
+    dev_queries: PathLike | None = None,
+    dev_records: PathLike | None = None,
 ) -> TrainingData:
     """Read and check everything a run trains on, before any model is loaded.
 
     `mined` (phase 2) must have been mined by the model in `mined_by_model`. The dev
     set is `dev_queries` + `dev_records` (a BEIR dev split) or a seeded hold-out of
     `cfg.dev_holdout` of the training records (SciFact: 809 → 729 train, 80 dev).
+
+    With several data sets (cfg.datasets), `corpus`, `queries`, `records` and `mined`
+    are sequences in that order (one path still stands for a single data set). Their
+    ids become `<data set>/<id>` and they make one training set: positives and hard
+    negatives stay within their data set, while random negatives are drawn from the
+    passages of all data sets (their collections, or the `referenced` pools), as the
+    in-batch negatives are. With one data set ids are kept as they are.
     """
     where = f"finetuning.{cfg.name}"
     if (mined is None) != (cfg.mined_by is None):
@@ -101,31 +117,133 @@ def load_training_data(
             f"{where}: mined_by is {cfg.mined_by!r} but "
             + ("no mined negatives were given" if mined is None else "mined negatives were given")
         )
-    corpus_df = read_table(corpus)
+    names = cfg.datasets
+    if len(names) > 1 and cfg.has_dev:
+        raise InputError(f"{where}.data: a dev set needs a single data set, got {list(names)}")
+    paths = [
+        per_dataset(value, what, names, where)
+        for value, what in (
+            (corpus, "corpus"),
+            (queries, "queries"),
+            (records, "records"),
+            (mined, "mined negatives"),
+        )
+    ]
+    if mined is not None:
+        if any(p is None for p in paths[3]):
+            raise InputError(f"{where}: mined_by is set but a data set has no mined negatives")
+        if mined_by_model is None:
+            raise InputError(f"{where}: the phase-1 model that mined {mined} is needed to check it")
+    parts, counts = [], {}
+    for name, *files in zip(names, *paths, strict=True):
+        part = _read_dataset(cfg, name, *files, mined_by_model, dev_queries, dev_records)
+        counts[name] = {"train_queries": len(part.records), "passages": len(part.corpus)}
+        if len(names) > 1:  # namespaced now, so that the unprefixed copies can go
+            part.queries, part.corpus, part.records, part.mined = namespace(
+                name, part.queries, part.corpus, part.records, part.mined
+            )
+        parts.append(part)
+    tables = [
+        None if t[0] is None else pd.concat(t, ignore_index=True) if len(t) > 1 else t[0]
+        for t in zip(*((p.queries, p.corpus, p.records, p.mined) for p in parts), strict=True)
+    ]
+    dev, fingerprint = parts[0].dev, parts[0].mined_by_fingerprint
+    del parts  # the concatenated tables are all that is needed now
+    examples = TrainingExamples.from_tables(*tables)
+    del tables
+    if cfg.passage_pool == "referenced":
+        short = int((np.diff(examples.hard_offsets) < cfg.n_negatives).sum())
+        log.info(
+            "passage pool: %d referenced passage(s); %d of %d training queries have fewer "
+            "than %d hard negative(s) and draw the rest at random from that pool",
+            examples.n_passages, short, examples.n_examples, cfg.n_negatives,
+        )  # fmt: skip
+    identity = {
+        "train_queries": int(examples.n_examples),
+        "passages": int(examples.n_passages),
+        "dev_queries": 0 if dev is None else int(len(dev[1])),
+        "mined_by_fingerprint": fingerprint,
+    }
+    if len(names) > 1:
+        identity["datasets"] = counts
+    return TrainingData(examples, dev, identity)
+
+
+@dataclass
+class _DataSet:
+    """One data set's tables as read (load_training_data namespaces them in place when
+    there are several)."""
+
+    name: str
+    queries: pd.DataFrame
+    corpus: pd.DataFrame  # the passage pool: the collection or its referenced passages
+    records: pd.DataFrame  # training records (without a held-out dev part)
+    mined: pd.DataFrame | None
+    mined_by_fingerprint: str | None
+    dev: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None
+
+
+def _read_dataset(
+    cfg: FinetuneConfig,
+    name: str,
+    corpus: PathLike,
+    queries: PathLike,
+    records: PathLike,
+    mined: PathLike | None,
+    mined_by_model: PathLike | None,
+    dev_queries: PathLike | None,
+    dev_records: PathLike | None,
+) -> _DataSet:
+    where = f"finetuning.{cfg.name}"
     queries_df = read_table(queries)
     records_df = read_table(records)
     mined_df, mined_meta = None, {}
     if mined is not None:
-        if mined_by_model is None:
-            raise InputError(f"{where}: the phase-1 model that mined {mined} is needed to check it")
         check_mined_by(mined, mined_by_model)
         mined_df, mined_meta = read_mined(mined)
-    dev = None
+    dev_records_df = None
     if cfg.dev_holdout > 0:
         records_df, dev_records_df = holdout_dev(records_df, cfg.dev_holdout, cfg.seed)
+    referenced = None
+    if cfg.passage_pool == "referenced":
+        if named_negatives(records_df, mined_df) == 0:
+            raise InputError(
+                f"{where}.passage_pool: 'referenced' draws random negatives among the "
+                f"passages the training data names, but data set {name!r} names no negative "
+                "(no mined negatives and empty negative_ids in its records): set mined_by "
+                "or use passage_pool: corpus",
+                records,
+            )
+        referenced = referenced_ids(records_df, mined_df)
+    if referenced is not None and not cfg.has_dev:
+        corpus_df, read = read_passages(corpus, referenced)
+        log.info(
+            "%s: kept %d referenced passage(s) of %d, reading the text of %d row(s) in %d of "
+            "%d row group(s)",
+            name, read.rows_kept, read.ids_scanned, read.rows_read, read.row_groups_read,
+            read.row_groups,
+        )  # fmt: skip
+    else:
+        corpus_df = read_table(corpus)
+    dev = None
+    if dev_records_df is not None:
         dev = _dev_tables(corpus_df, queries_df, dev_records_df)
     elif cfg.dev_split is not None:
         if dev_queries is None or dev_records is None:
             raise InputError(f"{where}.dev_split: the dev queries and records were not given")
         dev = _dev_tables(corpus_df, read_table(dev_queries), read_table(dev_records))
-    examples = TrainingExamples.from_tables(queries_df, corpus_df, records_df, mined_df)
-    identity = {
-        "train_queries": int(len(records_df)),
-        "passages": int(len(corpus_df)),
-        "dev_queries": 0 if dev is None else int(len(dev[1])),
-        "mined_by_fingerprint": mined_meta.get("model_fingerprint"),
-    }
-    return TrainingData(examples, dev, identity)
+    if referenced is not None and dev is not None:  # dev scoring needs the collection
+        kept = corpus_df["doc_id"].astype(str).isin(referenced)
+        corpus_df = corpus_df[kept].reset_index(drop=True)
+    return _DataSet(
+        name,
+        queries_df,
+        corpus_df,
+        records_df,
+        mined_df,
+        mined_meta.get("model_fingerprint"),
+        dev,
+    )
 
 
 def _dev_tables(corpus, queries, records) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
