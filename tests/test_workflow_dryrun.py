@@ -116,8 +116,9 @@ def test_a_dry_run_submits_nothing(slurm_dry_run):
 def test_hub_models_are_prefetched_once_and_encoded_from_the_local_copy(slurm_dry_run):
     out, _ = slurm_dry_run
     jobs = _jobs(out)
-    assert [j["wildcards"] for j in jobs["prefetch_model"]] == [
-        {"repo": "facebook--contriever-msmarco"}
+    assert sorted(j["wildcards"]["repo"] for j in jobs["prefetch_model"]) == [
+        "cross-encoder--ms-marco-MiniLM-L-6-v2",  # Ours+CE's re-ranker
+        "facebook--contriever-msmarco",
     ]
     assert (
         "--repo-id facebook/contriever-msmarco --revision= --users models.contriever-msmarco" in out
@@ -134,6 +135,66 @@ def test_hub_models_are_prefetched_once_and_encoded_from_the_local_copy(slurm_dr
             assert re.search(
                 r"(?m)^\s+input: .*work/paper/models/hub/facebook--contriever-msmarco", block
             )
+
+
+def test_ours_ce_reranks_the_top_100_of_every_unit_on_gpu(slurm_dry_run):
+    """Table 2's Ours+CE: one GPU job per unit (query_shards 1) re-ranking the released
+    checkpoint's run with the prefetched cross-encoder, merged on the submit host."""
+    out, _ = slurm_dry_run
+    jobs = _jobs(out)
+    units = {j["wildcards"]["unit"] for j in jobs["rerank"]}
+    assert len(units) == len(jobs["rerank"]) == len(jobs["merge_rerank"]) == 26
+    assert all(j["resources"]["gpu"] == "1" for j in jobs["rerank"])
+    reranks = re.findall(r"(?m)^Shell command: .*scripts/rerank\.py score .*$", out)
+    assert len(reranks) == 26
+    for cmd in reranks:
+        assert "--run work/paper/runs/dense/contriever-msmarco/" in cmd, cmd
+        assert "--cross-encoder work/paper/models/hub/cross-encoder--ms-marco-MiniLM-L-6-v2" in cmd
+        assert "--depth 100 --shard 0 --num-shards 1" in cmd and "--dtype fp16" in cmd, cmd
+    evaluated = {j["wildcards"]["model"] for j in jobs["evaluate"]}
+    assert evaluated == {"bm25", "contriever-msmarco", "contriever-msmarco-ce"}
+
+
+def test_mrtydi_tables_dry_run_from_archives_to_tables(fake_slurm):
+    """Tables 4 and 15: 11 release archives, unpacked and converted once; the released and
+    the trained checkpoints evaluated on each language; Mr. TyDi fine-tuning on all 11
+    train sets with negatives mined per language by the MS MARCO model."""
+    proc = snakemake(
+        "-n", "--profile", "slurm", "results/table4.csv", "results/table15.csv",
+        "results/table12.csv", "--nolock", cwd=ROOT, env={"PATH": fake_slurm["PATH"]},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    out = proc.stdout + proc.stderr
+    jobs = _jobs(out)
+    languages = ["ar", "bn", "en", "fi", "id", "ja", "ko", "ru", "sw", "te", "th"]
+    sets = {f"mrtydi-{c}" for c in languages}
+    assert len(jobs["download_mrtydi"]) == len(jobs["unpack_mrtydi"]) == 11
+    assert "mrtydi-v1.1-swahili.tar.gz" in out
+    assert {j["wildcards"]["dataset"] for j in jobs["unpack_mrtydi"]} == sets
+    assert {(j["wildcards"]["dataset"], j["wildcards"]["split"]) for j in jobs["training_set"]} >= {
+        (s, "train") for s in sets
+    }
+    mined = {(j["wildcards"]["name"], j["wildcards"]["dataset"]) for j in jobs["mine_negatives"]}
+    assert mined == {(n, s) for n in ("mcontriever-mrtydi-ft", "mcontriever-11-mrtydi-ft")
+                     for s in sets}  # fmt: skip
+    assert {j["wildcards"]["name"] for j in jobs["finetune"]} == {
+        "mcontriever-msmarco-ft", "mbert-msmarco-ft", "mcontriever-mrtydi-ft",
+        "mcontriever-11-msmarco-ft", "mcontriever-11-mrtydi-ft",
+    }  # fmt: skip
+    assert {j["wildcards"]["name"] for j in jobs["pretrain"]} == {"mcontriever", "mcontriever-11"}
+    english = [j for j in jobs["encode_corpus"] if j["wildcards"]["unit"] == "mrtydi-en"]
+    assert {j["wildcards"]["model"] for j in english} == {
+        "mcontriever", "mcontriever-tydi-released", "mcontriever-msmarco-tydi-released",
+        "mcontriever-msmarco-ft", "mcontriever-mrtydi-ft", "mbert-msmarco-ft", "mcontriever-11",
+        "mcontriever-11-msmarco-ft", "mcontriever-11-mrtydi-ft",
+    }  # fmt: skip
+    assert len(english) == 9 * 64 and all(j["resources"]["gpu"] == "1" for j in english)
+    # one fine-tuning job gets every language's files, in the config's order
+    cmd = next(c for c in re.findall(r"(?m)^Shell command: .*scripts/finetune\.py .*$", out)
+               if "--name mcontriever-mrtydi-ft" in c)  # fmt: skip
+    assert [m for m in re.findall(r"--dataset (\S+)", cmd)] == sorted(sets)
+    assert cmd.count("--mined work/paper/finetune/mined/mcontriever-mrtydi-ft/") == 11
+    assert len(jobs["table"]) == 3
 
 
 def test_partitions_and_account_come_from_the_config_per_rule(fake_slurm):
@@ -461,7 +522,9 @@ def test_table2b_shows_pretraining_phase1_mining_phase2_and_evaluation(table2b_d
         "contriever-msmarco-phase1",
         "contriever-msmarco-ft",
     }
-    assert [j["wildcards"]["name"] for j in jobs["mine_negatives"]] == ["contriever-msmarco-ft"]
+    assert [j["wildcards"] for j in jobs["mine_negatives"]] == [
+        {"name": "contriever-msmarco-ft", "dataset": "msmarco"}
+    ]
     # the collection is encoded by the phase-1 model in the usual sharded GPU jobs
     phase1 = [
         j for j in jobs["encode_corpus"] if j["wildcards"]["model"] == "contriever-msmarco-phase1"
