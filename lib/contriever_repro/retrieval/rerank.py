@@ -77,6 +77,8 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_LENGTH = 512
 # How many offending ids an error message lists.
 _SHOW = 5
+# Texts tokenised at once when counting tokens (see _cut_texts).
+_CUT_CHUNK = 4096
 
 
 @dataclass
@@ -199,14 +201,18 @@ def _cut_texts(tokenizer, texts: Sequence[str], max_length: int) -> tuple[list[s
     lengths = [0] * len(texts)
     todo = list(range(len(texts)))
     while todo:
-        batch = [cut_at_space(texts[i], limits[i]) for i in todo]
-        enc = tokenizer(batch, add_special_tokens=False, truncation=True, max_length=max_length)
         again = []
-        for i, c, ids in zip(todo, batch, enc["input_ids"], strict=True):
-            cut[i], lengths[i] = c, len(ids)
-            if len(c) < len(texts[i]) and len(ids) < max_length:
-                limits[i] *= 4
-                again.append(i)
+        # In chunks: the token ids of every passage of a large shard at once would take
+        # gigabytes, and only their counts are kept.
+        for start in range(0, len(todo), _CUT_CHUNK):
+            part = todo[start : start + _CUT_CHUNK]
+            batch = [cut_at_space(texts[i], limits[i]) for i in part]
+            enc = tokenizer(batch, add_special_tokens=False, truncation=True, max_length=max_length)
+            for i, c, ids in zip(part, batch, enc["input_ids"], strict=True):
+                cut[i], lengths[i] = c, len(ids)
+                if len(c) < len(texts[i]) and len(ids) < max_length:
+                    limits[i] *= 4
+                    again.append(i)
         todo = again
     return cut, lengths
 
