@@ -9,7 +9,7 @@ CONSTRAINTS ?= -c constraints/cpu.txt
 CORES ?= 2
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint dry-run bench bench-pretrain bench-finetune bench-openqa clean-demo
+.PHONY: install demo test lint dry-run bench bench-pretrain bench-finetune bench-openqa bench-rerank bench-mrtydi clean-demo
 
 install: $(VENV)/.installed
 
@@ -46,6 +46,12 @@ bench-finetune: install
 
 bench-openqa: install
 	$(BIN)/python bench/bench_openqa.py --sizes 100000,1000000 --queries 1000 --out bench/out
+
+bench-rerank: install
+	$(BIN)/python bench/bench_rerank.py --out bench/out
+
+bench-mrtydi: install
+	$(BIN)/python bench/bench_mrtydi.py --out bench/out
 
 # Removes only what `make demo` writes: config/demo.yaml's work_dir and results_dir.
 clean-demo:
