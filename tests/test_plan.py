@@ -9,10 +9,14 @@ from contriever_repro.plan import (
     check_references,
     check_reports,
     dataset_units,
+    finetune_config,
+    hub_sources,
     known_metrics,
     local_unit_files,
+    mining_model,
     model_card_cells,
     model_kind,
+    rerank_config,
     stable_hash,
     table_cells,
     workflow_model_name,
@@ -465,3 +469,88 @@ def test_tables_may_name_question_sets_and_read_accuracy_at_the_qa_ks():
     config["tables"]["table1"]["datasets"].append("mkqa-de")
     with pytest.raises(InputError, match="'mkqa-de' is not defined"):
         check_references(config)
+
+
+# ------------------------------------------------------------ Mr. TyDi and re-ranking
+
+
+def _paper_config() -> dict:
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text(encoding="utf-8"))
+
+
+def _catalog() -> dict:
+    return yaml.safe_load((ROOT / "config" / "beir_datasets.yaml").read_text(encoding="utf-8"))
+
+
+def test_mrtydi_data_sets_are_units_from_their_archives():
+    config = _paper_config()
+    units = dataset_units(config, _catalog())
+    tydi = {name: u[0] for name, u in units.items() if name.startswith("mrtydi-")}
+    assert len(tydi) == 11 and {u.source for u in tydi.values()} == {"mrtydi"}
+    assert {u.split for u in tydi.values()} == {"test"} and tydi["mrtydi-en"].shards == 64
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (lambda c: c["datasets"]["mrtydi-ar"].update(language="de"),
+         "datasets.mrtydi-ar.language: Mr. TyDi has no language 'de' (its 11: ar, bn, en"),
+        (lambda c: c["datasets"]["mrtydi-ar"].pop("language"),
+         "datasets.mrtydi-ar.language: Mr. TyDi has no language None"),
+        (lambda c: c.pop("mrtydi"), "datasets.mrtydi-ar: a Mr. TyDi data set needs `mrtydi.url`"),
+    ],
+)  # fmt: skip
+def test_a_mrtydi_language_missing_from_the_config_is_named(change, needle):
+    config = _paper_config()
+    change(config)
+    with pytest.raises(InputError) as err:
+        dataset_units(config, _catalog())
+    assert needle in str(err.value)
+
+
+def test_rerank_models_take_their_cross_encoder_settings():
+    cfg = rerank_config(_paper_config(), "contriever-msmarco-ce")
+    assert cfg["first_stage"] == "contriever-msmarco" and cfg["depth"] == 100
+    ce = cfg["cross_encoder_config"]
+    assert ce["source"] == "cross-encoder/ms-marco-MiniLM-L-6-v2" and ce["label_index"] is None
+    assert (ce["max_length"], ce["dtype"]) == (512, "fp16")
+    assert "cross-encoder--ms-marco-MiniLM-L-6-v2" in hub_sources(_paper_config())
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (lambda c: c["models"]["contriever-msmarco-ce"].update(first_stage="nope"),
+         "models.contriever-msmarco-ce.first_stage: 'nope' is not defined under models"),
+        (lambda c: c["models"]["contriever-msmarco-ce"].update(
+            first_stage="contriever-msmarco-ft-ce"), "is itself a re-ranking"),
+        (lambda c: c["models"]["contriever-msmarco-ce"].update(cross_encoder="nope"),
+         "models.contriever-msmarco-ce.cross_encoder: 'nope' is not defined under cross_encoders"),
+        (lambda c: c["models"]["contriever-msmarco-ce"].update(depth=5000),
+         "depth: 5000 is more than the first stage retrieves (evaluation.top_k 1000)"),
+        (lambda c: c["cross_encoders"]["ms-marco-minilm-l6"].update(source="workflow:nope"),
+         "cross_encoders.ms-marco-minilm-l6.source: workflow:nope is built by no fine-tuning"),
+    ],
+)  # fmt: skip
+def test_rerank_config_errors_name_the_key(change, needle):
+    config = _paper_config()
+    change(config)
+    with pytest.raises(InputError) as err:
+        model_kind(config, "contriever-msmarco-ce")
+    assert needle in str(err.value)
+
+
+def test_finetuning_on_several_data_sets_checks_each():
+    config = _paper_config()
+    cfg = finetune_config(config, "mcontriever-mrtydi-ft")
+    languages = ("ar", "bn", "en", "fi", "id", "ja", "ko", "ru", "sw", "te", "th")
+    assert cfg.datasets == tuple(f"mrtydi-{c}" for c in languages)
+    assert (cfg.hard_ratio, cfg.passage_pool, cfg.mined_by) == (
+        1.0, "referenced", "mcontriever-msmarco-ft",
+    )  # fmt: skip
+    # mining encodes Mr. TyDi with its evaluation settings (the text normaliser on)
+    miner = mining_model(config, "mcontriever-mrtydi-ft", cfg.mined_by)
+    assert config["models"][miner]["normalize_text"] is True
+    config["finetuning"]["mcontriever-mrtydi-ft"]["data"] = ["mrtydi-ar", "mrtydi-xx"]
+    with pytest.raises(InputError, match="finetuning.mcontriever-mrtydi-ft.data: 'mrtydi-xx'"):
+        finetune_config(config, "mcontriever-mrtydi-ft")
