@@ -182,6 +182,8 @@ class PretrainConfig(TrainingRun):
 
 
 OPTIMIZERS = ("asam", "adamw")
+# What a fine-tuning run trains (FinetuneConfig.objective).
+FINETUNE_OBJECTIVES = ("bi_encoder", "cross_encoder")
 
 
 @dataclass(frozen=True)
@@ -195,10 +197,24 @@ class FinetuneConfig(TrainingRun):
     negatives) and `hard_ratio: 0.1`. Few-shot runs (A.3) set `epochs`, a dev set
     (`dev_split` or `dev_holdout`) and `eval_every`: the model kept is the best on dev.
     Choices the paper leaves open are documented in docs/finetuning.md.
+
+    `objective` picks what is trained. `bi_encoder` (the default, the paper's
+    retriever): queries and passages encoded apart, scored by dot product / τ.
+    `cross_encoder` (a re-ranker; training/cross_encoder.py): `init` loaded as
+    AutoModelForSequenceClassification with one label (a new head, initialised from
+    `seed`), every query of a rank's batch paired with every passage of that batch's key
+    list (its golds, then its negatives), one logit per pair, cross-entropy over each
+    query's row with its gold as target and `label_smoothing`. There is no temperature
+    (the head learns the scale), no pooling or normalisation (`temperature`, `pooling`,
+    `norm_query`, `norm_doc` are not used), no cross-rank gathering (each rank scores its
+    own pairs; DDP averages the gradients), and no dev selection (the dev scorer ranks
+    with embeddings). A pair is `tokenizer(query, passage, truncation="only_second",
+    max_length=max_query_length + max_passage_length)` (models/cross_encoder.py).
     """
 
     # what to train from and on (resolved to folders by the workflow)
     init: str = "workflow:contriever"
+    objective: str = "bi_encoder"  # or "cross_encoder" (see the class docstring)
     data: str = "msmarco"  # a `datasets` key whose (BEIR) folder has the training split
     train_split: str = "train"
     # negatives
@@ -247,6 +263,8 @@ class FinetuneConfig(TrainingRun):
 
         if self.optimizer not in OPTIMIZERS:
             raise bad("optimizer", f"must be one of {list(OPTIMIZERS)}")
+        if self.objective not in FINETUNE_OBJECTIVES:
+            raise bad("objective", f"must be one of {list(FINETUNE_OBJECTIVES)}")
         _check_common(
             self,
             where,
@@ -289,12 +307,31 @@ class FinetuneConfig(TrainingRun):
             raise bad("dev_holdout", "must be < 1")
         if self.patience is not None and not self.has_dev:
             raise bad("patience", "early stopping needs a dev set (dev_split or dev_holdout)")
+        if self.objective == "cross_encoder" and self.has_dev:
+            key = "dev_split" if self.dev_split is not None else "dev_holdout"
+            raise bad(
+                key,
+                "a cross_encoder run has no dev selection (the dev scorer ranks with a "
+                "bi-encoder's embeddings); remove the dev set and set `steps` or `epochs`",
+            )
 
     # ------------------------------------------------------------------ derived values
 
     @property
     def has_dev(self) -> bool:
         return self.dev_split is not None or self.dev_holdout > 0
+
+    @property
+    def cross_encoder(self) -> bool:
+        return self.objective == "cross_encoder"
+
+    def training_dict(self) -> dict:
+        """As TrainingRun's; `objective` only when it is not the default, so the run
+        folders and exports of bi-encoder runs made before the key existed still match."""
+        out = super().training_dict()
+        if out.get("objective") == "bi_encoder":
+            del out["objective"]
+        return out
 
     def mining(self) -> dict:
         """The mining settings (they name the mined file's identity)."""
