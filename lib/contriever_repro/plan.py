@@ -654,6 +654,13 @@ def finetune_config(config: dict, name: str):
                 f"{where}.mined_by: '{cfg.mined_by}' is not a fine-tuning experiment "
                 f"(known: {sorted(experiments)})"
             )
+        miner = FinetuneConfig.from_dict(cfg.mined_by, experiments[cfg.mined_by])
+        if miner.cross_encoder:
+            raise InputError(
+                f"{where}.mined_by: '{cfg.mined_by}' trains a cross-encoder, which scores "
+                "pairs and cannot encode the collection to mine negatives; name a "
+                "bi-encoder experiment"
+            )
         mining_model(config, name, cfg.mined_by)
     return cfg
 

@@ -184,6 +184,9 @@ class PretrainConfig(TrainingRun):
 OPTIMIZERS = ("asam", "adamw")
 PASSAGE_POOLS = ("corpus", "referenced")
 
+# What a fine-tuning run trains (FinetuneConfig.objective).
+FINETUNE_OBJECTIVES = ("bi_encoder", "cross_encoder")
+
 
 @dataclass(frozen=True)
 class FinetuneConfig(TrainingRun):
@@ -211,10 +214,24 @@ class FinetuneConfig(TrainingRun):
     no random negative is ever drawn, and `referenced` trains exactly as `corpus`.
     `referenced` requires named negatives: mined ones (mined_by) or, per data set,
     records whose negative_ids are not all empty (checked when the data is loaded).
+
+    `objective` picks what is trained. `bi_encoder` (the default, the paper's
+    retriever): queries and passages encoded apart, scored by dot product / τ.
+    `cross_encoder` (a re-ranker; training/cross_encoder.py): `init` loaded as
+    AutoModelForSequenceClassification with one label (a new head, initialised from
+    `seed`), every query of a rank's batch paired with every passage of that batch's key
+    list (its golds, then its negatives), one logit per pair, cross-entropy over each
+    query's row with its gold as target and `label_smoothing`. There is no temperature
+    (the head learns the scale), no pooling or normalisation (`temperature`, `pooling`,
+    `norm_query`, `norm_doc` are not used), no cross-rank gathering (each rank scores its
+    own pairs; DDP averages the gradients), and no dev selection (the dev scorer ranks
+    with embeddings). A pair is `tokenizer(query, passage, truncation="only_second",
+    max_length=max_query_length + max_passage_length)` (models/cross_encoder.py).
     """
 
     # what to train from and on (resolved to folders by the workflow)
     init: str = "workflow:contriever"
+    objective: str = "bi_encoder"  # or "cross_encoder" (see the class docstring)
     data: str | tuple[str, ...] = "msmarco"  # `datasets` key(s) with a training split
     train_split: str = "train"
     # negatives
@@ -272,6 +289,8 @@ class FinetuneConfig(TrainingRun):
         if len(set(names)) != len(names):
             dup = next(d for d in names if names.count(d) > 1)
             raise bad("data", f"data set {dup!r} is listed twice")
+        if self.objective not in FINETUNE_OBJECTIVES:
+            raise bad("objective", f"must be one of {list(FINETUNE_OBJECTIVES)}")
         _check_common(
             self,
             where,
@@ -316,6 +335,13 @@ class FinetuneConfig(TrainingRun):
             raise bad("patience", "early stopping needs a dev set (dev_split or dev_holdout)")
         if self.has_dev and len(names) > 1:
             raise bad("data", "a dev set (dev_split, dev_holdout) needs a single data set")
+        if self.objective == "cross_encoder" and self.has_dev:
+            key = "dev_split" if self.dev_split is not None else "dev_holdout"
+            raise bad(
+                key,
+                "a cross_encoder run has no dev selection (the dev scorer ranks with a "
+                "bi-encoder's embeddings); remove the dev set and set `steps` or `epochs`",
+            )
 
     # ------------------------------------------------------------------ derived values
 
@@ -330,13 +356,20 @@ class FinetuneConfig(TrainingRun):
 
     def training_dict(self) -> dict:
         """As TrainingRun's; a list of data sets is a list, and the default passage pool
-        is left out so that run folders made before the key existed still resume."""
+        and objective are left out so that run folders made before the keys existed
+        still resume."""
         out = super().training_dict()
         if not isinstance(self.data, str):
             out["data"] = list(self.data)
         if self.passage_pool == "corpus":
             del out["passage_pool"]
+        if out.get("objective") == "bi_encoder":
+            del out["objective"]
         return out
+
+    @property
+    def cross_encoder(self) -> bool:
+        return self.objective == "cross_encoder"
 
     def mining(self) -> dict:
         """The mining settings (they name the mined file's identity)."""

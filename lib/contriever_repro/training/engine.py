@@ -1,9 +1,10 @@
 """The training engine shared by contrastive pre-training and supervised fine-tuning.
 
-Pre-training (loop.py) and fine-tuning (finetune.py) differ in their objective (MoCo or
-in-batch negatives), their batch source (cropped views of token shards, or queries with
-gold and negative passages) and a dev evaluation (few-shot early stopping). Everything
-else is this module, written once:
+Pre-training (loop.py) and fine-tuning (finetune.py) differ in their objective (MoCo,
+in-batch negatives, or a cross-encoder scoring (query, passage) pairs), their batch
+source (cropped views of token shards, or queries with gold and negative passages; the
+Trainee names the batch tensors its objective takes and the stats it logs) and a dev
+evaluation (few-shot early stopping). Everything else is this module, written once:
 
 * processes: 1 CPU process, 1 GPU, or N processes launched by torchrun (NCCL on GPUs,
   gloo on CPU); DDP with `broadcast_buffers=False`;
@@ -15,8 +16,9 @@ else is this module, written once:
 * precision modes (fp32, tf32, bf16 and fp16 autocast), gradient accumulation, gradient
   clipping, and ASAM's two passes per step (asam.py);
 * logging every `log_every` steps, averaged over the window and the ranks: loss,
-  accuracy, stdq/stdk, lr, sequences/s and tokens/s, the step time split into data /
-  forward / backward / optimiser, peak memory, ETA; every record in metrics.jsonl;
+  accuracy, stdq/stdk (a cross-encoder: margin/score_std), lr, sequences/s and
+  tokens/s, the step time split into data / forward / backward / optimiser, peak
+  memory, ETA; every record in metrics.jsonl;
 * the run-folder discipline (runfolder.py): a lock held by rank 0, a log per attempt,
   errors a retry cannot fix recorded so later attempts stop at once, and a changed
   configuration refused;
@@ -67,6 +69,8 @@ STOP_SIGNALS = ("SIGUSR1", "SIGTERM")
 METRICS_FILE = "metrics.jsonl"
 BEST_DIR = "best"  # the dev-selected model of a run with a dev evaluation
 STAT_KEYS = ("loss", "accuracy", "stdq", "stdk")
+# The batch tensors a bi-encoder objective (MoCo, InBatch) takes, in its argument order.
+BATCH_INPUTS = ("q_input_ids", "q_attention_mask", "k_input_ids", "k_attention_mask")
 TIMERS = ("data", "forward", "backward", "optimizer")
 
 
@@ -474,7 +478,7 @@ class DevTracker:
 class Trainee:
     """What one engine run trains, and the parts that differ between the two jobs."""
 
-    model: torch.nn.Module  # objective: (q_ids, q_mask, k_ids, k_mask, **kw) -> loss, stats
+    model: torch.nn.Module  # objective: (*batch[inputs], **kw) -> loss, stats
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
@@ -484,6 +488,11 @@ class Trainee:
     rank_state: Callable[[int], dict] = field(default=lambda micro: {})  # for checkpoints
     dev: DevSelection | None = None
     describe: str = ""
+    # The batch tensors passed to the model, in order (sequences and tokens are counted
+    # from the `*input_ids` and `*attention_mask` ones), and the stats it returns: loss
+    # and accuracy first, then what the log shows after them.
+    inputs: tuple[str, ...] = BATCH_INPUTS
+    stats: tuple[str, ...] = STAT_KEYS
 
 
 def restore(
@@ -556,8 +565,11 @@ def run_steps(
         cfg.steps,
         step,
     )
+    stat_keys = trainee.stats
+    id_keys = [k for k in trainee.inputs if k.endswith("input_ids")]
+    mask_keys = [k for k in trainee.inputs if k.endswith("attention_mask")]
     window = dict.fromkeys(TIMERS, 0.0)
-    window_stats = torch.zeros(len(STAT_KEYS), device=env.device)
+    window_stats = torch.zeros(len(stat_keys), device=env.device)
     window_steps, window_seqs, window_tokens = 0, 0, 0
     window_start = time.perf_counter()
     run_start, run_start_step = window_start, step
@@ -567,7 +579,7 @@ def run_steps(
 
     def passes(batches: list[list[torch.Tensor]], first_pass: bool) -> torch.Tensor:
         """Forward and backward over the step's micro-batches; their summed stats."""
-        stats_sum = torch.zeros(len(STAT_KEYS), device=env.device)
+        stats_sum = torch.zeros(len(stat_keys), device=env.device)
         for a, tensors in enumerate(batches):
             t1 = time.perf_counter()
             last = a == accum - 1
@@ -583,7 +595,7 @@ def run_steps(
             window["forward"] += t2 - t1
             window["backward"] += t3 - t2
             if first_pass:
-                stats_sum += torch.stack([stats[k].float() for k in STAT_KEYS])
+                stats_sum += torch.stack([stats[k].float() for k in stat_keys])
         return stats_sum
 
     def evaluate_dev(at: int) -> None:
@@ -623,17 +635,12 @@ def run_steps(
                 batch = next(it)
                 if batch["index"] != micro:
                     raise RuntimeError(f"data stream out of order: {batch['index']} != {micro}")
-                tensors = [
-                    batch[k].to(env.device, non_blocking=True)
-                    for k in ("q_input_ids", "q_attention_mask", "k_input_ids", "k_attention_mask")
-                ]
+                tensors = [batch[k].to(env.device, non_blocking=True) for k in trainee.inputs]
                 sync()
                 window["data"] += time.perf_counter() - t0
                 batches.append(tensors)
-                window_seqs += batch["q_input_ids"].shape[0] + batch["k_input_ids"].shape[0]
-                window_tokens += int(
-                    batch["q_attention_mask"].sum() + batch["k_attention_mask"].sum()
-                )
+                window_seqs += sum(batch[k].shape[0] for k in id_keys)
+                window_tokens += int(sum(batch[k].sum() for k in mask_keys))
                 micro += 1
             stats_sum = passes(batches, first_pass=True)
             if trainee.asam is not None:
@@ -665,7 +672,7 @@ def run_steps(
                 elapsed = now - window_start
                 record = {"step": step, "lr": lr}
                 means = (env.all_mean(window_stats) / window_steps).tolist()
-                record.update(dict(zip(STAT_KEYS, means, strict=True)))
+                record.update(dict(zip(stat_keys, means, strict=True)))
                 record.update(
                     {
                         "seq_per_s": window_seqs * env.world_size / elapsed,
@@ -676,7 +683,7 @@ def run_steps(
                     }
                 )
                 if env.is_main:
-                    _log_record(record, cfg, run_start, run_start_step, now)
+                    _log_record(record, cfg, run_start, run_start_step, now, stat_keys[2:])
                     _append_metrics(run_dir, record)
                 window = dict.fromkeys(window, 0.0)
                 window_stats.zero_()
@@ -729,19 +736,25 @@ def save_checkpoint(
     )
 
 
-def _log_record(record: dict, cfg: TrainingConfig, start: float, start_step: int, now: float):
+def _log_record(
+    record: dict,
+    cfg: TrainingConfig,
+    start: float,
+    start_step: int,
+    now: float,
+    extra: tuple[str, ...] = STAT_KEYS[2:],
+):
     done = record["step"] - start_step
     rate = done / max(now - start, 1e-9)
     eta = fmt_seconds((cfg.steps - record["step"]) / rate) if rate > 0 else "?"
     log.info(
-        "step %d/%d loss %.4f acc %.3f stdq %.4f stdk %.4f lr %.3g | %.1f seq/s %.0f tok/s "
+        "step %d/%d loss %.4f acc %.3f %s lr %.3g | %.1f seq/s %.0f tok/s "
         "| step %.3fs (data %.3f fwd %.3f bwd %.3f opt %.3f) | mem %.0f MiB | ETA %s",
         record["step"],
         cfg.steps,
         record["loss"],
         record["accuracy"],
-        record["stdq"],
-        record["stdk"],
+        " ".join(f"{k} {record[k]:.4f}" for k in extra),
         record["lr"],
         record["seq_per_s"],
         record["tok_per_s"],

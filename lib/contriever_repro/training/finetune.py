@@ -10,7 +10,9 @@ job with other settings (FinetuneConfig):
   used in `hard_ratio` of the slots; the mined file must come from the phase-1 model
   the configuration names (its fingerprint is checked before training);
 * few-shot: a small training split, `epochs` instead of steps, and the model selected
-  on a dev set every `eval_every` updates with early stopping (engine.DevSelection).
+  on a dev set every `eval_every` updates with early stopping (engine.DevSelection);
+* `objective: cross_encoder`: the same batches scored as (query, passage) pairs by a
+  sequence classifier, a re-ranker rather than a retriever (cross_encoder.py).
 
 Data loading, tokenisation and negative sampling are finetune_batches.py; the dev score
 is computed by a function the caller passes (the evaluation stage's in-process scorer),
@@ -40,6 +42,13 @@ from .asam import ASAM
 from .checkpoint import Checkpoints
 from .config import FinetuneConfig
 from .contrastive import Encoder, InBatch
+from .cross_encoder import (
+    PAIR_INPUTS,
+    PAIR_STATS,
+    CrossEncoderBatches,
+    build_cross_encoder,
+    export_cross_encoder,
+)
 from .engine import (
     BEST_DIR,
     DevSelection,
@@ -348,7 +357,8 @@ def _finetune(
         return done
 
     torch.manual_seed(cfg.seed)  # identical initialisation on every rank
-    model = build_model(cfg, init).to(env.device)
+    model = (build_cross_encoder if cfg.cross_encoder else build_model)(cfg, init)
+    model = model.to(env.device)
     model.train()
     optimizer, scheduler, scaler = build_optimisation(cfg, model, env.device)
     asam = ASAM(optimizer, rho=cfg.rho, eta=cfg.eta) if cfg.optimizer == "asam" else None
@@ -363,6 +373,8 @@ def _finetune(
         "init": str(init),
         "data": data.identity,
     }
+    if cfg.cross_encoder:
+        summary["objective"] = cfg.objective
     dev = None
     if data.dev is not None:
 
@@ -377,12 +389,20 @@ def _finetune(
             patience=cfg.patience,
             metric=cfg.eval_metric,
         )
+    describe = (
+        f"in-batch + {cfg.n_negatives} negative(s)/query (hard {cfg.hard_ratio}), "
+        f"{cfg.optimizer}, {len(data.examples)} training queries"
+    )
+    batches, pairs = FinetuneBatches, {}
+    if cfg.cross_encoder:  # the same draws, as a grid of (query, passage) pairs
+        batches, pairs = CrossEncoderBatches, {"inputs": PAIR_INPUTS, "stats": PAIR_STATS}
+        describe = f"cross-encoder, {describe}"
     trainee = Trainee(
         model=model,
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=scaler,
-        make_batches=lambda start: FinetuneBatches(
+        make_batches=lambda start: batches(
             data.examples,
             tokenizer,
             cfg.batch_size_per_device,
@@ -399,8 +419,8 @@ def _finetune(
         ),
         asam=asam,
         dev=dev,
-        describe=f"in-batch + {cfg.n_negatives} negative(s)/query (hard {cfg.hard_ratio}), "
-        f"{cfg.optimizer}, {len(data.examples)} training queries",
+        describe=describe,
+        **pairs,
     )
     step, tracker, _ = start_state(trainee, ckpts, latest, env, run_dir, cfg.seed)
     step = run_steps(
@@ -419,13 +439,16 @@ def _finetune(
     if export_dir is not None and finished:
         if env.is_main:
             kept = run_dir / EXPORT_DIR
-            if dev is None:
+            if cfg.cross_encoder:
+                export_cross_encoder(model, tokenizer, kept, summary)
+            elif dev is None:
                 export_hf_folder(model, tokenizer, kept, summary)
             else:  # the dev-selected model, with the whole run's record
                 copy_export(run_dir / BEST_DIR, kept)
                 with atomic_path(kept / METADATA_FILE) as tmp:
                     tmp.write_text(json.dumps(summary, indent=1, default=str) + "\n")
             copy_export(kept, export_dir)
-            log.info("exported the fine-tuned query encoder to %s (kept in %s)", export_dir, kept)
+            what = "cross-encoder" if cfg.cross_encoder else "query encoder"
+            log.info("exported the fine-tuned %s to %s (kept in %s)", what, export_dir, kept)
         env.barrier()
     return summary
