@@ -22,7 +22,7 @@ def main():
     paper = tables.load_paper_results(args.paper)
     spec = json.loads(args.spec)
     if languages.is_languages_spec(spec):  # Table 12: rows from the config (plan.report_spec)
-        rows = spec.pop("row_languages")
+        rows = dict(spec.pop("row_languages"))  # [[row, codes], ...] in the spec's order
         built = languages.build_languages_table(args.name, spec, rows, paper, args.label)
     else:
         metrics = tables.read_metrics(args.metrics)

@@ -415,7 +415,9 @@ def report_spec(config: dict, kind: str, name: str) -> dict:
 
     spec = dict(config[kind][name])
     if kind == "tables" and languages.is_languages_spec(spec):
-        spec["row_languages"] = languages.row_languages(config, name, config[kind][name])
+        # [row, codes] pairs: the rule's JSON sorts mapping keys, a list keeps the order
+        rows = languages.row_languages(config, name, config[kind][name])
+        spec["row_languages"] = [[row, codes] for row, codes in rows.items()]
     return spec
 
 

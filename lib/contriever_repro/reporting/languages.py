@@ -131,8 +131,8 @@ def build_languages_table(
     # Only a spec that names the paper's table is compared with it (not the demo's).
     printed = (paper or {}).get(str(spec["paper_table"])) or {} if spec.get("paper_table") else {}
     order = [language_code(c) for c in printed.get("languages") or []]
-    used = [c for codes in languages.values() for c in codes]
-    columns = order + sorted(set(used) - set(order))
+    used = dict.fromkeys(c for codes in languages.values() for c in codes)
+    columns = order + [c for c in used if c not in order]  # then in the config's order
     paper_rows = {k: {language_code(c) for c in v} for k, v in (printed.get("rows") or {}).items()}
     misprints = {
         (m["row"], language_code(c)): m.get("note", "")
