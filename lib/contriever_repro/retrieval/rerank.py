@@ -63,6 +63,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..io import RUN_SCHEMA, read_table
+from ..models.cross_encoder import encode_pairs
 from ..models.spec import DTYPES, torch_dtype
 from ..progress import Progress
 from .encode import CHARS_PER_TOKEN, cut_at_space, shard_bounds
@@ -217,22 +218,15 @@ def _cut_texts(tokenizer, texts: Sequence[str], max_length: int) -> tuple[list[s
     return cut, lengths
 
 
-def _tokenize_pairs(tokenizer, queries, passages, only_second, max_length: int):
-    """Padded tensors for pairs, each truncated by its own strategy (see _cut_texts)."""
-    features: list[dict | None] = [None] * len(queries)
-    for strategy, flag in (("only_second", True), ("longest_first", False)):
-        idx = [i for i, s in enumerate(only_second) if s == flag]
-        if not idx:
-            continue
-        enc = tokenizer(
-            [queries[i] for i in idx],
-            [passages[i] for i in idx],
-            truncation=strategy,
-            max_length=max_length,
-        )
-        for j, i in enumerate(idx):
-            features[i] = {k: v[j] for k, v in enc.items()}
-    return tokenizer.pad(features, padding=True, return_tensors="pt")
+def _tokenize_pairs(tokenizer, queries, passages, max_length: int) -> dict:
+    """Padded model inputs of the pairs, tokenised exactly as a cross-encoder trained here
+    saw them (models.cross_encoder.encode_pairs: only_second, longest_first for a query
+    that leaves the passage no room)."""
+    ids, mask, types = encode_pairs(tokenizer, queries, passages, max_length)
+    enc = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in tokenizer.model_input_names:
+        enc["token_type_ids"] = types
+    return enc
 
 
 def score_pairs(
@@ -289,7 +283,6 @@ def score_pairs(
                 tokenizer,
                 [q_cut[qi[i]] if only_second[i] else unique_q[qi[i]] for i in batch],
                 [p_cut[pi[i]] if only_second[i] else unique_p[pi[i]] for i in batch],
-                [only_second[i] for i in batch],
                 max_length,
             )
             enc = {k: v.to(ce.device) for k, v in enc.items()}
