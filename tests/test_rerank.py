@@ -311,7 +311,7 @@ def test_long_texts_tokenise_as_if_whole(ce):
     ]
     cut, lengths = rr._cut_texts(tok, passages, 32)
     assert len(cut[0]) < len(passages[0]) and lengths[:2] == [32, 32] and lengths[2] == 2
-    enc = rr._tokenize_pairs(tok, [query] * 3, cut, [True] * 3, 32)
+    enc = rr._tokenize_pairs(tok, [query] * 3, cut, 32)
     whole = tok([query] * 3, passages, truncation="only_second", max_length=32, padding=True,
                 return_tensors="pt")  # fmt: skip
     for key in ("input_ids", "attention_mask", "token_type_ids"):
@@ -321,7 +321,7 @@ def test_long_texts_tokenise_as_if_whole(ce):
     ref = tok(long_q, passages[0], truncation="longest_first", max_length=32)["input_ids"]
     qcut, qlen = rr._cut_texts(tok, [long_q], 32)
     assert qlen == [32]
-    mixed = rr._tokenize_pairs(tok, [long_q, query], [passages[0], cut[0]], [False, True], 32)
+    mixed = rr._tokenize_pairs(tok, [long_q, query], [passages[0], cut[0]], 32)
     assert mixed["input_ids"][0].tolist() == ref
     assert mixed["input_ids"][1].tolist() == enc["input_ids"][0].tolist()
     # ... and score_pairs picks the strategy per pair, from the query's length.

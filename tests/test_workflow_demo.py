@@ -112,7 +112,8 @@ def test_demo_multilingual_fine_tuning_learns_mr_tydi(demo_run):
     languages = pd.read_csv(tmp / "results" / "table12.csv", comment="#").set_index("row")
     assert set(languages.columns) == {"en", "fi", "ru", "ar"}
     assert languages.loc["Mr. TyDi"].to_dict() == {"en": "✗", "fi": "✓", "ru": "✗", "ar": "✓"}
-    assert (languages.loc["Pre-training"] == "✓").all() and (languages.loc["MKQA"] == "✓").all()
+    assert (languages.loc["Pre-training"] == "✓").all()
+    assert languages.loc["MKQA"].to_dict() == {"en": "✓", "fi": "✗", "ru": "✓", "ar": "✓"}
     # the Mr. TyDi-like sets went through the release-archive conversion: titles empty
     corpus = pd.read_parquet(tmp / "work" / "data" / "demo-tydi-ar" / "corpus.parquet")
     assert (corpus["title"] == "").all() and corpus["doc_id"].str.contains("#").all()
@@ -186,7 +187,7 @@ def test_cqadupstack_like_group_is_the_mean_of_its_subsets(demo_run):
         for s in ("android", "unix")
     ]
     group = pd.read_parquet(metrics / "datasets" / "demo-cqadupstack.parquet").set_index("metric")
-    expected = sum(s.loc["ndcg@10", "value"] for s in subsets) / 3
+    expected = sum(s.loc["ndcg@10", "value"] for s in subsets) / len(subsets)
     assert group.loc["ndcg@10", "value"] == pytest.approx(expected, abs=1e-12)
 
 
