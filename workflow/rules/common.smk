@@ -338,9 +338,10 @@ def mrtydi_download_md5(filename):
 
 # ------------------------------------------------------------ cross-encoder re-ranking
 
-CROSS_ENCODERS = config.get("cross_encoders") or {}
 RERANK_MODELS = [
-    m for m, cfg in (config.get("models") or {}).items() if (cfg or {}).get("type") == "rerank"
+    m
+    for m, cfg in (config.get("models") or {}).items()
+    if (cfg or {}).get("type") == "rerank"
 ]
 
 

@@ -19,7 +19,9 @@ rule table:
     params:
         py=PY,
         script=f"{SCRIPTS}/make_table.py",
-        spec=lambda wc: json.dumps(plan.report_spec(config, "tables", wc.table), sort_keys=True),
+        spec=lambda wc: json.dumps(
+            plan.report_spec(config, "tables", wc.table), sort_keys=True
+        ),
         label=config.get("label", ""),
     shell:
         "{params.py:q} {params.script:q} --name {wildcards.table:q} --spec {params.spec:q} "
