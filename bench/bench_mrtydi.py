@@ -428,7 +428,8 @@ def main() -> None:
     payload = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "args": {
-            k: (str(v) if isinstance(v, Path) else v)
+            # paths relative to the repository: the record names no machine's folders
+            k: (os.path.relpath(v, ROOT) if isinstance(v, Path) else v)
             for k, v in vars(args).items()
             if k not in ("worker", "languages", "out")
         },  # fmt: skip

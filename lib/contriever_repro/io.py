@@ -17,13 +17,15 @@ import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import DiskFullError, InputError
@@ -231,6 +233,51 @@ def read_table_rows(path: str | Path, kind: str | None, start: int, end: int) ->
     if not pieces:
         return parquet.schema_arrow.empty_table().to_pandas()
     return pa.concat_tables(pieces).to_pandas()
+
+
+@dataclass
+class RowsRead:
+    """What `read_rows_with_ids` loaded: ids scanned, rows whose other columns were read,
+    rows kept (the memory bound of a selective read is what is kept + one row group)."""
+
+    row_groups: int = 0
+    row_groups_read: int = 0
+    ids_scanned: int = 0
+    rows_read: int = 0
+    rows_kept: int = 0
+
+
+def read_rows_with_ids(
+    path: str | Path, ids: Iterable[str], columns: Sequence[str], id_column: str = "doc_id"
+) -> tuple[pa.Table, RowsRead]:
+    """The rows of parquet `path` whose `id_column` is in `ids`, in file order, as strings.
+
+    Row group by row group: the id column first, the other `columns` only of the row
+    groups that hold a wanted id, so a job needing a few passages of a 21M-passage
+    collection never holds the others. Ids not found are simply absent (callers check)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file does not exist", path)
+    parquet = pq.ParquetFile(path)
+    wanted = pa.array(sorted(set(map(str, ids))), type=pa.string())
+    schema = pa.schema([(c, pa.string()) for c in columns])
+    stats = RowsRead(row_groups=parquet.num_row_groups)
+    pieces = []
+    for group in range(parquet.num_row_groups):
+        found = parquet.read_row_group(group, columns=[id_column]).column(id_column)
+        stats.ids_scanned += len(found)
+        mask = pc.is_in(found.cast(pa.string()), value_set=wanted)
+        if not pc.any(mask).as_py():
+            continue
+        rows = parquet.read_row_group(group, columns=list(columns))
+        stats.row_groups_read += 1
+        stats.rows_read += rows.num_rows
+        kept = rows.filter(mask)
+        del rows
+        pieces.append(kept.cast(schema))
+        stats.rows_kept += kept.num_rows
+    table = pa.concat_tables(pieces) if pieces else schema.empty_table()
+    return table, stats
 
 
 def write_text(text: str, path: str | Path) -> None:

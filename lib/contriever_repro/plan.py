@@ -145,6 +145,21 @@ def check_mrtydi_dataset(config: dict, name: str) -> None:
         )
 
 
+def mrtydi_download(config: dict, filename: str) -> tuple[str, str]:
+    """(URL, md5 or "") of a release archive `mrtydi-v1.1-<name>.tar.gz`: `mrtydi.url`
+    with its `{name}`, and the md5 pinned for that language under `mrtydi.md5s`."""
+    from .data.mrtydi import MRTYDI_LANGUAGES, archive_root
+
+    by_file = {f"{archive_root(code)}.tar.gz": code for code in MRTYDI_LANGUAGES}
+    if filename not in by_file:
+        raise InputError(
+            f"{filename}: not a Mr. TyDi v1.1 archive (e.g. mrtydi-v1.1-swahili.tar.gz)"
+        )
+    cfg = config.get("mrtydi") or {}
+    code = by_file[filename]
+    return cfg["url"].format(name=MRTYDI_LANGUAGES[code]), (cfg.get("md5s") or {}).get(code) or ""
+
+
 # ------------------------------------------------------------ open-domain QA and MKQA
 
 QA_DEFAULTS = {"top_k": 100, "k_values": [1, 5, 10, 20, 50, 100], "index": None}

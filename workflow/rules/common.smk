@@ -302,9 +302,9 @@ MRTYDI_SETS = [
 
 def mrtydi_archive_name(dataset):
     """`mrtydi-v1.1-<name>.tar.gz`, the release archive of the data set's language."""
-    from contriever_repro.data.mrtydi import archive_name
+    from contriever_repro.data.mrtydi import archive_root
 
-    return f"mrtydi-v1.1-{archive_name(config['datasets'][dataset]['language'])}.tar.gz"
+    return f"{archive_root(config['datasets'][dataset]['language'])}.tar.gz"
 
 
 def mrtydi_archive_input(dataset):
@@ -322,18 +322,6 @@ def mrtydi_archive_file(dataset, input):
     if config["datasets"][dataset].get("archive") == "demo":
         return f"{input[0]}/mrtydi/{mrtydi_archive_name(dataset)}"
     return input[0]
-
-
-def mrtydi_download_url(filename):
-    name = filename[len("mrtydi-v1.1-") : -len(".tar.gz")]
-    return MRTYDI["url"].format(name=name)
-
-
-def mrtydi_download_md5(filename):
-    from contriever_repro.data.mrtydi import MRTYDI_LANGUAGES
-
-    by_name = {f"mrtydi-v1.1-{n}.tar.gz": code for code, n in MRTYDI_LANGUAGES.items()}
-    return (MRTYDI.get("md5s") or {}).get(by_name.get(filename), "") or ""
 
 
 # ------------------------------------------------------------ cross-encoder re-ranking

@@ -88,8 +88,8 @@ rule download_mrtydi:
     params:
         py=PY,
         script=f"{SCRIPTS}/download_file.py",
-        url=lambda wc: mrtydi_download_url(wc.filename),
-        md5=lambda wc: mrtydi_download_md5(wc.filename),
+        url=lambda wc: plan.mrtydi_download(config, wc.filename)[0],
+        md5=lambda wc: plan.mrtydi_download(config, wc.filename)[1],
     shell:
         "{params.py:q} {params.script:q} --url={params.url:q} --md5={params.md5:q} "
         "--mirror={MIRROR:q} --out={output:q} 2> {log:q}"

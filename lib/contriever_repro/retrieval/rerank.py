@@ -62,7 +62,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..io import RUN_SCHEMA, read_table
+from ..io import RUN_SCHEMA, read_rows_with_ids, read_table
 from ..models.cross_encoder import encode_pairs
 from ..models.spec import DTYPES, torch_dtype
 from ..progress import Progress
@@ -464,20 +464,19 @@ def query_shard(query_ids: Iterable[str], shard: int, num_shards: int) -> list[s
 
 
 def read_corpus_docs(path: str | Path, doc_ids: Iterable[str]) -> pd.DataFrame:
-    """The rows of a corpus parquet whose doc_id is in `doc_ids`: filtered while
-    reading, so a shard never holds the text of the other millions of passages."""
-    import pyarrow.dataset as ds
+    """The rows of a corpus parquet whose doc_id is in `doc_ids`: read row group by row
+    group (io.read_rows_with_ids), so a shard never holds the text of the other millions
+    of passages."""
+    import pyarrow.parquet as pq
 
     path = Path(path)
     if not path.exists():
         raise InputError("file does not exist", path)
-    dataset = ds.dataset(path, format="parquet")
     names = ("doc_id", "title", "text")
-    missing = [c for c in names if c not in dataset.schema.names]
+    missing = [c for c in names if c not in pq.ParquetFile(path).schema_arrow.names]
     if missing:
         raise InputError(f"not a corpus table: missing columns {missing}", path)
-    ids = sorted({str(d) for d in doc_ids})
-    table = dataset.to_table(columns=list(names), filter=ds.field("doc_id").isin(ids))
+    table, _ = read_rows_with_ids(path, doc_ids, names)
     return table.to_pandas()
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import InputError
+from ..io import RowsRead, read_rows_with_ids
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +74,8 @@ def named_negatives(records: pd.DataFrame, mined: pd.DataFrame | None) -> int:
     return count
 
 
-@dataclass
-class PassageRead:
-    """What read_passages loaded: doc ids scanned, rows whose texts were read, kept."""
-
-    row_groups: int = 0
-    row_groups_read: int = 0
-    ids_scanned: int = 0
-    rows_read: int = 0
-    rows_kept: int = 0
+# What read_passages loaded (io.read_rows_with_ids's counts).
+PassageRead = RowsRead
 
 
 def read_passages(path: PathLike, doc_ids: Iterable[str]) -> tuple[pd.DataFrame, PassageRead]:
@@ -91,34 +84,13 @@ def read_passages(path: PathLike, doc_ids: Iterable[str]) -> tuple[pd.DataFrame,
     path = Path(path)
     if not path.is_file():
         raise InputError("file does not exist", path)
-    parquet = pq.ParquetFile(path)
-    names = parquet.schema_arrow.names
+    names = pq.ParquetFile(path).schema_arrow.names
     missing = [c for c in ("doc_id", "text") if c not in names]
     if missing:
         raise InputError(f"not a corpus table: missing columns {missing}", path)
     columns = [c for c in ("doc_id", "title", "text") if c in names]
     wanted = pa.array(sorted(set(map(str, doc_ids))), type=pa.string())
-    stats = PassageRead(row_groups=parquet.num_row_groups)
-    pieces = []
-    for group in range(parquet.num_row_groups):
-        ids = parquet.read_row_group(group, columns=["doc_id"]).column("doc_id")
-        ids = ids.cast(pa.string())
-        stats.ids_scanned += len(ids)
-        mask = pc.is_in(ids, value_set=wanted)
-        if not pc.any(mask).as_py():
-            continue
-        rows = parquet.read_row_group(group, columns=columns)
-        stats.row_groups_read += 1
-        stats.rows_read += rows.num_rows
-        kept = rows.filter(mask)
-        del rows
-        pieces.append(kept.cast(pa.schema([(c, pa.string()) for c in columns])))
-        stats.rows_kept += kept.num_rows
-    table = (
-        pa.concat_tables(pieces)
-        if pieces
-        else pa.schema([(c, pa.string()) for c in columns]).empty_table()
-    )
+    table, stats = read_rows_with_ids(path, wanted.to_pylist(), columns)
     found = table.column("doc_id")
     if len(pc.unique(found)) < len(wanted):
         absent = pc.filter(wanted, pc.invert(pc.is_in(wanted, value_set=found)))
