@@ -10,7 +10,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import torch  # noqa: E402
 
-from contriever_repro.cli import run_main, set_threads  # noqa: E402
+from contriever_repro.cli import add_attention_args, apply_attention, run_main, set_threads  # noqa: E402
 from contriever_repro.io import read_table, read_table_rows, table_rows  # noqa: E402
 from contriever_repro.models.spec import DEVICES, ModelSpec, choose_device, load_encoder  # noqa: E402
 from contriever_repro.retrieval import encode as enc  # noqa: E402
@@ -29,21 +29,26 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", choices=DEVICES, default="auto", help="config `device`")
     ap.add_argument("--gpus", type=int, default=0, help="GPUs the job was given")
+    add_attention_args(ap)
     args = ap.parse_args()
     # Before anything else: a GPU job that sees no GPU fails now, not at its time limit.
     device = choose_device(args.device, args.gpus, torch.cuda.is_available())
     set_threads(args.threads)
+    apply_attention(args)
 
     cfg = json.loads(args.spec)
     spec = ModelSpec.from_config(cfg.pop("name"), cfg, source=args.source or None)
-    tokenizer, model = load_encoder(spec, device, offline=True)
+    side = "passage" if args.side == "corpus" else "query"
+    # One side in one precision per job: on a GPU the weights themselves are cast.
+    weights_dtype = spec.dtype_for(side)
+    tokenizer, model = load_encoder(spec, device, offline=True, weights_dtype=weights_dtype)
 
     if args.side == "corpus":
         # Only this shard's rows are read (DPR's 21M passages are 13 GB of text).
         start, end = enc.shard_bounds(table_rows(args.input), args.num_shards, args.shard)
-        table, side = read_table_rows(args.input, "corpus", start, end), "passage"
+        table = read_table_rows(args.input, "corpus", start, end)
     else:
-        table, side = read_table(args.input, "queries"), "query"
+        table = read_table(args.input, "queries")
 
     ids, emb = enc.encode_table(
         table,
@@ -58,7 +63,8 @@ def main():
         ),
     )
     meta = enc.embedding_meta(spec, side)
-    meta.update(shard=args.shard, num_shards=args.num_shards, device=device)
+    weights = str(next(model.parameters()).dtype).removeprefix("torch.")
+    meta.update(shard=args.shard, num_shards=args.num_shards, device=device, weights=weights)
     enc.save_embeddings(args.out_prefix, ids, emb, meta)
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**30

@@ -12,6 +12,7 @@ import time
 
 from contriever_repro.cli import (
     add_training_args,
+    apply_attention,
     run_main,
     run_training,
     set_threads,
@@ -77,6 +78,7 @@ def main():
     check_datasets(cfg, args)
     flush_denormals(cfg)  # before any torch op starts the thread pool
     set_threads(args.threads)
+    apply_attention(args)
     deadline = training_deadline(args, time.time())
 
     def data():

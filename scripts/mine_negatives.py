@@ -16,7 +16,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import torch  # noqa: E402
 
-from contriever_repro.cli import run_main, set_threads  # noqa: E402
+from contriever_repro.cli import add_attention_args, apply_attention, run_main, set_threads  # noqa: E402
 from contriever_repro.errors import InputError  # noqa: E402
 from contriever_repro.io import read_table  # noqa: E402
 from contriever_repro.models.fingerprint import file_fingerprint, model_fingerprint  # noqa: E402
@@ -55,6 +55,7 @@ def main():
     ap.add_argument("--device", choices=DEVICES, default="auto", help="config `device`")
     ap.add_argument("--gpus", type=int, default=0, help="GPUs the job was given")
     ap.add_argument("--threads", type=int, default=None)
+    add_attention_args(ap)
     ap.add_argument("--out", required=True, help="mined negatives parquet")
     ap.add_argument("--report", required=True, help="markdown report")
     ap.add_argument("--plot", required=True, help="png figure")
@@ -65,6 +66,7 @@ def main():
     # searching hundreds of thousands of queries on CPU for hours.
     search_device = choose_device(args.device, args.gpus, faiss_gpu_available(), what="search")
     set_threads(args.threads)
+    apply_attention(args)
 
     corpus = read_table(args.corpus, "corpus")
     n_docs = len(corpus)

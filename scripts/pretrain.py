@@ -13,6 +13,7 @@ import time
 
 from contriever_repro.cli import (
     add_training_args,
+    apply_attention,
     run_main,
     run_training,
     set_threads,
@@ -44,6 +45,7 @@ def main():
     cfg = PretrainConfig.from_dict(args.name, json.loads(args.experiment))
     flush_denormals(cfg)  # before any torch op starts the thread pool
     set_threads(args.threads)
+    apply_attention(args)
     deadline = training_deadline(args, time.time())
     run_training(
         lambda: pretrain(

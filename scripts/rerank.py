@@ -12,7 +12,7 @@ import time
 # Jobs never contact the hub: the cross-encoder is a local (prefetched) folder.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from contriever_repro.cli import run_main, set_threads  # noqa: E402
+from contriever_repro.cli import add_attention_args, apply_attention, run_main, set_threads  # noqa: E402
 from contriever_repro.errors import InputError  # noqa: E402
 from contriever_repro.io import read_table, table_rows, write_table  # noqa: E402
 from contriever_repro.models.spec import DEVICES, DTYPES, choose_device  # noqa: E402
@@ -27,6 +27,7 @@ def score(args) -> None:
     # Before anything else: a GPU job that sees no GPU fails now, not at its time limit.
     device = choose_device(args.device, args.gpus, torch.cuda.is_available(), what="re-rank")
     set_threads(args.threads)
+    apply_attention(args)
     run = read_table(args.run, "run")
     mine = rr.query_shard(run["query_id"].unique(), args.shard, args.num_shards)
     run = run[run["query_id"].isin(mine)]
@@ -99,6 +100,7 @@ def main():
     s.add_argument("--device", choices=DEVICES, default="auto", help="config `device`")
     s.add_argument("--gpus", type=int, default=0, help="GPUs the job was given")
     s.add_argument("--threads", type=int, default=None)
+    add_attention_args(s)
     m = sub.add_parser("merge", help="merge shard runs")
     m.add_argument("--run-shards", nargs="+", required=True, help="shard run parquets")
     m.add_argument("--first-stage", required=True, help="the run that was re-ranked")

@@ -215,6 +215,9 @@ class _Spy:
         self.longest = max(self.longest, *map(len, texts))
         return self.tok(texts, **kw)
 
+    def __getattr__(self, name):  # pad_token_id, padding_side
+        return getattr(self.tok, name)
+
 
 def test_megabyte_documents_are_not_tokenised_whole(minilm):
     spec, tok, model = minilm
@@ -243,3 +246,78 @@ def test_embeddings_do_not_change_with_the_cut(minilm, shared_data, monkeypatch)
     monkeypatch.setattr(enc, "CHARS_PER_TOKEN", 10**9)  # no cut: the whole texts
     whole = run()
     assert np.array_equal(bounded, whole)
+
+
+def test_token_groups_keep_count_and_padded_size_within_bounds():
+    lengths = [10, 8, 8, 3, 3, 3, 1]
+    assert enc.group_by_tokens(lengths, max_batch=3, max_tokens=24) == [[0, 1], [2, 3, 4], [5, 6]]
+    # A text longer than the budget still gets a batch of its own.
+    assert enc.group_by_tokens([50, 2], max_batch=8, max_tokens=24) == [[0], [1]]
+
+
+def test_padding_rounds_up_on_the_tokenizers_side_but_not_past_max_length():
+    right = enc.pad_ids([[1, 2, 3], [4]], pad_id=0, multiple=4)
+    assert right["input_ids"].tolist() == [[1, 2, 3, 0], [4, 0, 0, 0]]
+    assert right["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
+    left = enc.pad_ids([[1, 2, 3], [4]], pad_id=9, multiple=4, side="left")
+    assert left["input_ids"].tolist() == [[9, 1, 2, 3], [9, 9, 9, 4]]
+    assert enc.pad_ids([[1] * 6], 0, multiple=8, max_length=6)["input_ids"].shape == (1, 6)
+
+
+def test_token_batches_hold_every_text_once_within_the_token_budget(minilm, shared_data):
+    _, tok, _ = minilm
+    lines = (shared_data / "text" / "wikipedia-summaries" / "en.txt").read_text().splitlines()
+    texts = [" ".join(lines[i : i + (i % 7) + 1]) for i in range(300)] + TEXTS
+    seen = []
+    for rows, batch in enc.token_batches(texts, tok, max_length=128, batch_size=4):
+        n, width = batch["input_ids"].shape
+        assert n == len(rows) <= 4 * enc.BLOCK_BATCHES
+        assert width % enc.PAD_MULTIPLE == 0 or width == 128
+        longest = int(batch["attention_mask"].sum(dim=1).max())
+        assert n == 1 or n * longest <= 4 * 128
+        assert width - longest < enc.PAD_MULTIPLE
+        seen.extend(rows.tolist())
+    assert sorted(seen) == list(range(len(texts)))
+
+
+def test_tokenising_ahead_in_a_thread_gives_the_same_embeddings(minilm, shared_data, monkeypatch):
+    spec, tok, model = minilm
+    lines = (shared_data / "text" / "wikipedia-summaries" / "en.txt").read_text().splitlines()
+    texts = [" ".join(lines[i : i + (i % 5) + 1]) for i in range(60)]
+    kw = dict(max_length=96, batch_size=4, pooling="mean", l2_normalize=True, dtype="fp32")
+    inline = enc._encode_sorted(texts, tok, model, progress=None, prefetch=0, **kw)
+    ahead = enc._encode_sorted(texts, tok, model, progress=None, prefetch=2, **kw)
+    assert np.array_equal(inline, ahead)
+    # Padding to a multiple of 8 and grouping by tokens only change float rounding.
+    monkeypatch.setattr(enc, "PAD_MULTIPLE", 1)
+    plain = enc._encode_sorted(texts, tok, model, progress=None, prefetch=0, max_tokens=10**9, **kw)
+    np.testing.assert_allclose(inline, plain, atol=2e-6)
+
+
+def test_a_failing_tokenizer_thread_raises_in_the_encoder():
+    def items():
+        yield 1
+        raise InputError("bad text at row 2")
+
+    got = []
+    with pytest.raises(InputError, match="bad text at row 2"):
+        for x in enc.in_background(items(), depth=1):
+            got.append(x)
+    assert got == [1]
+
+
+def test_a_consumer_that_stops_early_stops_the_thread():
+    import threading
+
+    produced = []
+
+    def items():
+        for i in range(10_000):
+            produced.append(i)
+            yield i
+
+    stream = enc.in_background(items(), depth=2)
+    assert next(stream) == 0
+    stream.close()
+    assert not any(t.name == "tokenize" and t.is_alive() for t in threading.enumerate())
+    assert len(produced) < 10

@@ -32,7 +32,7 @@ from contriever_repro.training.loop import (
     read_metrics,
 )
 from contriever_repro.training.runfolder import NotRetried, RunFolderBusy
-from contriever_repro.training.shards import tokenize_text_file
+from contriever_repro.training.shards import PretrainBatches, tokenize_text_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "pretrain.py"
@@ -260,6 +260,51 @@ def test_denormal_mode_is_not_part_of_the_run_identity():
     """A run may resume on other hardware or with the other CPU mode."""
     assert "flush_denormal" not in config().training_dict()
     assert config().flush_denormal is True
+
+
+def test_padding_to_a_multiple_changes_the_loss_curve_only_by_rounding(world, tmp_path):
+    """GPU runs pad views to multiples of 8 (repeating shapes, full tensor-core tiles);
+    padded positions are masked out of attention and pooling, so without dropout the run
+    is the same up to rounding."""
+    torch.set_num_threads(2)
+    # Without dropout: its random masks are drawn per padded shape, so they differ.
+    model = tmp_path / "no-dropout"
+    shutil.copytree(world["model"], model)
+    config_json = json.loads((model / "config.json").read_text())
+    config_json.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (model / "config.json").write_text(json.dumps(config_json))
+    curves = {}
+    for multiple in (1, 8):
+        cfg = config(
+            steps=6, warmup_steps=2, batch_size_per_device=16, log_every=1, pad_multiple=multiple
+        )
+        run = tmp_path / f"run{multiple}"
+        pretrain(cfg, model, {"demo": world["shards"]}, run, None)
+        curves[multiple] = [r["loss"] for r in read_metrics(run)]
+    assert len(curves[1]) == 6
+    assert curves[8] == pytest.approx(curves[1], rel=1e-4)
+    assert "pad_multiple" not in config().training_dict()  # a run may resume with another
+
+
+def test_views_are_padded_to_multiples_of_8_within_the_chunk(world):
+    from contriever_repro.training.loop import build_sampler, build_views, open_sources
+
+    cfg = config(chunk_length=60, ratio_min=0.5, ratio_max=1.0)
+    tokenizer = load_tokenizer(world["model"])
+    sources = open_sources(cfg, {"demo": world["shards"]}, tokenizer, 0, 1)
+    batches = PretrainBatches(
+        build_sampler(cfg, sources), build_views(cfg, tokenizer), 16, pad_multiple=8, max_width=62
+    )
+    widths = set()
+    for b in range(20):
+        batch = batches.batch(b)
+        for side in ("q", "k"):
+            width = batch[f"{side}_input_ids"].shape[1]
+            longest = int(batch[f"{side}_attention_mask"].sum(dim=1).max())
+            assert width % 8 == 0 or width == 62
+            assert longest <= width < longest + 8
+            widths.add(width)
+    assert 62 in widths  # a whole chunk is not rounded past the longest view
 
 
 # --------------------------------------------------------------------------- bad input

@@ -51,6 +51,25 @@ def set_threads(n: int | None) -> None:
         pass
 
 
+def add_attention_args(ap) -> None:
+    """`--sdpa-backends`: the attention kernels a script that runs an encoder may use
+    (models/attention.py; config `attention.sdpa_backends`)."""
+    from .models.attention import DEFAULT_SDPA_BACKENDS
+
+    ap.add_argument(
+        "--sdpa-backends",
+        default=",".join(DEFAULT_SDPA_BACKENDS),
+        help="comma-separated SDPA backends to enable (flash, efficient, cudnn, math)",
+    )
+
+
+def apply_attention(args) -> None:
+    """Enable the SDPA backends `--sdpa-backends` names, before any model runs."""
+    from .models.attention import check_sdpa_backends, set_sdpa_backends
+
+    set_sdpa_backends(check_sdpa_backends(args.sdpa_backends, "--sdpa-backends"))
+
+
 def add_training_args(ap) -> None:
     """The arguments both training scripts (pre-training, fine-tuning) take besides
     their data: run folder, export, resume, Snakemake's attempt, time limit, device."""
@@ -74,6 +93,7 @@ def add_training_args(ap) -> None:
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda if visible)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--summary", default=None, help="JSON summary to write at the end")
+    add_attention_args(ap)
 
 
 def training_deadline(args, now: float) -> float | None:

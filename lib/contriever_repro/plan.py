@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .models.attention import DEFAULT_SDPA_BACKENDS, check_sdpa_backends
 from .models.hub import (  # noqa: F401 (plan.<name> is what the rules use)
     COMMIT_HASH,
     WORKFLOW_PREFIX,
@@ -704,3 +705,10 @@ def check_finetuning(config: dict) -> None:
                 f"finetuning.{name}: also a pretraining experiment; both would write models/{name}"
             )
         finetune_config(config, name)
+
+
+def sdpa_backends(config: Mapping) -> str:
+    """`attention.sdpa_backends` as the scripts' `--sdpa-backends` value (checked)."""
+    attention = config.get("attention") or {}
+    names = attention.get("sdpa_backends", DEFAULT_SDPA_BACKENDS)
+    return ",".join(check_sdpa_backends(names, "config attention.sdpa_backends"))

@@ -28,6 +28,8 @@ IDENTICAL_IDS = (
 SCRIPTS = str(Path(workflow.basedir) / "scripts")
 # Device of encoding jobs (auto | cuda | cpu); a job given GPUs that sees no CUDA fails.
 DEVICE = config.get("device", "auto")
+# Attention kernels of every job that runs an encoder (models/attention.py).
+SDPA_BACKENDS = plan.sdpa_backends(config)
 # Where downloads come from is not what they are (their md5 is): the download rules read
 # the mirror from this global in their shell command, formatted when the job runs, and
 # not from a param. Snakemake's `params` trigger records the params' values and its

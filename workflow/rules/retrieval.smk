@@ -24,11 +24,13 @@ rule encode_corpus:
         resume=lambda wc, output: output.emb[: -len(".npy")] + ".partial",
         device=DEVICE,
         gpus=lambda wc, resources: resources.get("gpu", 0),
+        sdpa=SDPA_BACKENDS,
     shell:
         "{params.py:q} {params.script:q} corpus --spec {params.spec:q} {params.source} "
         "--input {input.corpus:q} --shard {wildcards.shard:q} --num-shards {wildcards.n:q} "
         "--out-prefix {params.prefix:q} --resume-dir {params.resume:q} "
-        "--device {params.device:q} --gpus {params.gpus:q} --threads {threads:q} 2> {log:q}"
+        "--device {params.device:q} --gpus {params.gpus:q} --threads {threads:q} "
+        "--sdpa-backends {params.sdpa:q} 2> {log:q}"
 
 
 rule encode_queries:
@@ -52,10 +54,12 @@ rule encode_queries:
         prefix=lambda wc, output: output.emb[: -len(".npy")],
         device=DEVICE,
         gpus=lambda wc, resources: resources.get("gpu", 0),
+        sdpa=SDPA_BACKENDS,
     shell:
         "{params.py:q} {params.script:q} queries --spec {params.spec:q} {params.source} "
         "--input {input.queries:q} --out-prefix {params.prefix:q} "
-        "--device {params.device:q} --gpus {params.gpus:q} --threads {threads:q} 2> {log:q}"
+        "--device {params.device:q} --gpus {params.gpus:q} --threads {threads:q} "
+        "--sdpa-backends {params.sdpa:q} 2> {log:q}"
 
 
 rule search:
@@ -226,13 +230,15 @@ rule mine_negatives:
         seed=lambda wc: finetune_experiment(wc.name).seed,
         device=DEVICE,
         gpus=lambda wc, resources: resources.get("gpu", 0),
+        sdpa=SDPA_BACKENDS,
     shell:
         "{params.py:q} {params.script:q} --spec {params.spec:q} --source {input.model:q} "
         "--queries {input.queries:q} --records {input.records:q} {params.shard_args} "
         "--corpus {input.corpus:q} --depth {params.depth:q} --rank-min {params.rank_min:q} "
         "--rank-max {params.rank_max:q} {params.args} "
         "--seed {params.seed:q} --device {params.device:q} --gpus {params.gpus:q} "
-        "--threads {threads:q} --out {output.mined:q} --report {output.report:q} "
+        "--threads {threads:q} --sdpa-backends {params.sdpa:q} --out {output.mined:q} "
+        "--report {output.report:q} "
         "--plot {output.plot:q} 2> {log:q}"
 
 
@@ -266,6 +272,7 @@ rule rerank:
         dtype=lambda wc: rerank_cfg(wc.model)["cross_encoder_config"]["dtype"],
         args=rerank_args,
         device=DEVICE,
+        sdpa=SDPA_BACKENDS,
         gpus=lambda wc, resources: resources.get("gpu", 0),
     shell:
         "{params.py:q} {params.script:q} score --run {input.run:q} --queries {input.queries:q} "
@@ -273,7 +280,7 @@ rule rerank:
         "--depth {params.depth:q} --shard {wildcards.shard:q} --num-shards {wildcards.n:q} "
         "--batch-size {params.batch_size:q} --max-length {params.max_length:q} "
         "--dtype {params.dtype:q} --device {params.device:q} --gpus {params.gpus:q} "
-        "--threads {threads:q} --out {output.run:q} 2> {log:q}"
+        "--threads {threads:q} --sdpa-backends {params.sdpa:q} --out {output.run:q} 2> {log:q}"
 
 
 rule merge_rerank:

@@ -65,11 +65,12 @@ rule pretrain:
         sources=lambda wc: pretrain_sources(wc.name),
         run_dir=lambda wc: pretrain_run_dir(wc.name),
         time_limit=time_limit_arg,
+        sdpa=SDPA_BACKENDS,
     shell:
         "{params.launch} {params.script:q} --name {wildcards.name:q} "
         "--experiment {params.experiment:q} --init {params.init:q} {params.sources} "
         "--run-dir {params.run_dir:q} --export {output:q} --attempt {resources.attempt:q} "
-        "{params.time_limit} 2> {log:q}"
+        "--sdpa-backends {params.sdpa:q} {params.time_limit} 2> {log:q}"
 
 
 # Supervised fine-tuning (paper A.2, A.3, B.2): the same engine and run-folder discipline
@@ -102,8 +103,10 @@ rule finetune:
         run_dir=lambda wc: f"{WORK}/finetune/runs/{wc.name}",
         args=finetune_args,
         time_limit=time_limit_arg,
+        sdpa=SDPA_BACKENDS,
     shell:
         "{params.launch} {params.script:q} --name {wildcards.name:q} "
         "--experiment {params.experiment:q} --init {params.init:q} "
         "{params.args} --run-dir {params.run_dir:q} --export {output:q} "
-        "--attempt {resources.attempt:q} {params.time_limit} 2> {log:q}"
+        "--attempt {resources.attempt:q} --sdpa-backends {params.sdpa:q} "
+        "{params.time_limit} 2> {log:q}"

@@ -63,6 +63,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..io import RUN_SCHEMA, read_rows_with_ids, read_table
+from ..models.attention import from_pretrained
 from ..models.cross_encoder import encode_pairs
 from ..models.spec import DTYPES, torch_dtype
 from ..progress import Progress
@@ -163,8 +164,11 @@ def load_cross_encoder(
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            folder, local_files_only=True, output_loading_info=True
+        model, info = from_pretrained(
+            AutoModelForSequenceClassification,
+            folder,
+            local_files_only=True,
+            output_loading_info=True,
         )
     except (OSError, ValueError) as err:
         raise InputError(f"cannot load the cross-encoder: {err}", folder) from err

@@ -155,23 +155,44 @@ def add_special_tokens(view: np.ndarray, cls_id: int, sep_id: int) -> np.ndarray
     return out
 
 
-def pad_batch(seqs: Sequence[np.ndarray], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest sequence: (input_ids, attention_mask), both int64."""
-    if not seqs:
+def pad_batch(
+    seqs: Sequence[Sequence[int]],
+    pad_id: int = 0,
+    multiple: int = 1,
+    side: str = "right",
+    max_width: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad to the longest sequence on `side`: (input_ids, attention_mask), both int64.
+
+    `multiple` rounds the width up (never past `max_width`, where position embeddings
+    end): on a GPU, widths that are multiples of 8 use the tensor cores fully, and a
+    few repeating widths instead of one per batch let kernels and plans be reused.
+    Padding changes no output (it is masked out of attention and pooling).
+    """
+    if not len(seqs):
         raise ValueError("cannot pad an empty batch")
-    width = max(len(s) for s in seqs)
+    longest = max(len(s) for s in seqs)
+    width = -(-longest // multiple) * multiple
+    if max_width is not None:
+        width = max(longest, min(width, max_width))
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, seq in enumerate(seqs):
-        ids[row, : len(seq)] = torch.from_numpy(np.asarray(seq, dtype=np.int64))
-        mask[row, : len(seq)] = 1
+        cols = slice(0, len(seq)) if side == "right" else slice(width - len(seq), width)
+        ids[row, cols] = torch.from_numpy(np.asarray(seq, dtype=np.int64))
+        mask[row, cols] = 1
     return ids, mask
 
 
-def collate(views: Sequence[tuple[np.ndarray, np.ndarray]], pad_id: int = 0) -> dict:
+def collate(
+    views: Sequence[tuple[np.ndarray, np.ndarray]],
+    pad_id: int = 0,
+    multiple: int = 1,
+    max_width: int | None = None,
+) -> dict:
     """Batch (query, key) pairs; queries and keys are padded separately, as in the paper."""
-    q_ids, q_mask = pad_batch([q for q, _ in views], pad_id)
-    k_ids, k_mask = pad_batch([k for _, k in views], pad_id)
+    q_ids, q_mask = pad_batch([q for q, _ in views], pad_id, multiple, max_width=max_width)
+    k_ids, k_mask = pad_batch([k for _, k in views], pad_id, multiple, max_width=max_width)
     return {
         "q_input_ids": q_ids,
         "q_attention_mask": q_mask,

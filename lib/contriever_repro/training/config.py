@@ -43,6 +43,7 @@ BOOKKEEPING = frozenset(
         "gpus_per_node",
         "device",
         "flush_denormal",
+        "pad_multiple",
     }
 )
 
@@ -87,6 +88,11 @@ class TrainingRun:
     # slow path: backward 6.7x, a whole MiniLM step 2.7x slower (bench/bench_pretrain.py).
     # GPUs flush anyway; values under 1.2e-38 cannot change a trained encoder.
     flush_denormal: bool = True
+    # Batches are padded to a multiple of this many tokens (training.augment.pad_batch):
+    # full tensor-core tiles and a few repeating shapes on a GPU. Padding is masked, so
+    # only float rounding and the draws of dropout masks (made per padded shape) change;
+    # a run may resume with another value.
+    pad_multiple: int = 8
     # bookkeeping
     log_every: int = 100
     checkpoint_every: int = 500
@@ -430,6 +436,7 @@ def _check_common(cfg, where: str, positive: tuple[str, ...], unit: tuple[str, .
         "checkpoint_every",
         "keep_every",
         "keep_last",
+        "pad_multiple",
     )
     for key in common_positive + positive:
         if getattr(cfg, key) < 1:

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..data.text import normalize_text as _normalize
 from ..errors import InputError
+from ..models.attention import from_pretrained
 from ..models.cross_encoder import (
     check_cross_encoder_init,
     encode_pairs,
@@ -104,7 +105,7 @@ def build_cross_encoder(cfg, init: str | Path) -> CrossEncoder:
         raise InputError(f"cannot load the initial model {init}: {err}") from None
     check_cross_encoder_init(config, where, max_length)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(init), num_labels=1)
+        model = from_pretrained(AutoModelForSequenceClassification, str(init), num_labels=1)
     except (OSError, ValueError) as err:
         raise InputError(f"cannot load {init} as a cross-encoder: {err}") from None
     model = model.float()

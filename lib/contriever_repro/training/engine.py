@@ -44,6 +44,7 @@ import torch.distributed as dist
 
 from ..errors import InputError
 from ..io import atomic_dir, atomic_path
+from ..models.attention import from_pretrained
 from ..models.export import METADATA_FILE, write_hf_folder
 from ..progress import fmt_seconds
 from .checkpoint import Checkpoints, set_rng_state
@@ -233,9 +234,9 @@ def load_init_model(init: str | Path) -> torch.nn.Module:
 
     try:
         try:
-            model = AutoModel.from_pretrained(str(init), add_pooling_layer=False)
+            model = from_pretrained(AutoModel, str(init), add_pooling_layer=False)
         except TypeError:  # architectures without a pooler option
-            model = AutoModel.from_pretrained(str(init))
+            model = from_pretrained(AutoModel, str(init))
     except (OSError, ValueError) as err:
         raise InputError(f"cannot load the initial model {init}: {err}") from None
     return model.float()

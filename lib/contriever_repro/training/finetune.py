@@ -416,6 +416,7 @@ def _finetune(
             max_passage_length=cfg.max_passage_length,
             normalize_text=cfg.normalize_text,
             pad_id=tokenizer.pad_token_id or 0,
+            pad_multiple=cfg.pad_multiple,
         ),
         asam=asam,
         dev=dev,

@@ -277,6 +277,7 @@ class FinetuneBatches(torch.utils.data.IterableDataset):
         max_passage_length: int = 256,
         normalize_text: bool = False,
         pad_id: int | None = None,
+        pad_multiple: int = 1,
     ) -> None:
         super().__init__()
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size or start_batch < 0:
@@ -314,6 +315,7 @@ class FinetuneBatches(torch.utils.data.IterableDataset):
         self.max_passage_length = int(max_passage_length)
         self.normalize_text = bool(normalize_text)
         self.pad_id = int(pad)
+        self.pad_multiple = int(pad_multiple)
         self._perms: dict[int, np.ndarray] = {}
 
     @property
@@ -415,7 +417,8 @@ class FinetuneBatches(torch.utils.data.IterableDataset):
             return_attention_mask=False,
             return_token_type_ids=False,
         )
-        return pad_batch([np.asarray(ids, dtype=np.int64) for ids in enc["input_ids"]], self.pad_id)
+        seqs = [np.asarray(ids, dtype=np.int64) for ids in enc["input_ids"]]
+        return pad_batch(seqs, self.pad_id, self.pad_multiple, max_width=max_length)
 
     def batch(self, b: int) -> dict:
         examples, passages, n_hard = self.draw(b)

@@ -255,6 +255,8 @@ def _train(
             cfg.batch_size_per_device,
             start_batch=start,
             pad_id=tokenizer.pad_token_id or 0,
+            pad_multiple=cfg.pad_multiple,
+            max_width=cfg.chunk_length + 2,  # the longest view: a whole chunk, [CLS], [SEP]
         ),
         # MoCo's momentum update runs once per optimiser step (see MoCo.forward).
         forward_kwargs=(lambda a: {"momentum_step": a == 0})

@@ -701,6 +701,8 @@ class PretrainBatches(torch.utils.data.IterableDataset):
         batch_size: int,
         start_batch: int = 0,
         pad_id: int = 0,
+        pad_multiple: int = 1,
+        max_width: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1 or start_batch < 0:
@@ -710,6 +712,7 @@ class PretrainBatches(torch.utils.data.IterableDataset):
         self.batch_size = int(batch_size)
         self.start_batch = int(start_batch)
         self.pad_id = int(pad_id)
+        self.pad_multiple, self.max_width = int(pad_multiple), max_width
 
     def batch(self, b: int) -> dict:
         pairs, sources = [], []
@@ -718,7 +721,7 @@ class PretrainBatches(torch.utils.data.IterableDataset):
             rng = _rng(self.sampler.seed, _TAG_VIEW, self.sampler.rank, index)
             pairs.append(self.views(chunk.tokens, rng))
             sources.append(chunk.source)
-        out = collate(pairs, self.pad_id)
+        out = collate(pairs, self.pad_id, self.pad_multiple, self.max_width)
         out["sources"] = torch.tensor(sources, dtype=torch.long)
         out["index"] = b
         return out
