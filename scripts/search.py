@@ -9,6 +9,7 @@ from contriever_repro.errors import InputError
 from contriever_repro.models.spec import DEVICES, choose_device
 from contriever_repro.retrieval.embeddings import load_embeddings
 from contriever_repro.retrieval.search import (
+    BACKENDS,
     add_run_args,
     exact_search,
     faiss_gpu_available,
@@ -39,15 +40,24 @@ def main():
         "--rerank-depth candidates are re-scored exactly from them",
     )
     ap.add_argument("--rerank-depth", type=int, default=None, help="default: 1000")
+    ap.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="faiss",
+        help="exact search (--shard) by FAISS, or by plain PyTorch (a GPU without a "
+        "faiss-gpu build for its CUDA; FAISS need not be installed)",
+    )
     add_run_args(ap)
     ap.add_argument("--device", choices=DEVICES, default="auto", help="config `device`")
     ap.add_argument("--gpus", type=int, default=0, help="GPUs the job was given")
     args = ap.parse_args()
     if args.shard and (args.search_param or args.rerank_shard or args.rerank_depth):
         ap.error("--search-param, --rerank-shard and --rerank-depth go with --index")
-    # A GPU job whose FAISS cannot use a GPU (faiss-cpu installed, CUDA not visible)
+    if args.index and args.backend != "faiss":
+        ap.error("--backend torch goes with --shard (an approximate index is FAISS's)")
+    # A GPU job whose backend cannot use a GPU (faiss-cpu installed, CUDA not visible)
     # fails now instead of searching on CPU for hours.
-    device = choose_device(args.device, args.gpus, faiss_gpu_available(), what="search")
+    device = choose_device(args.device, args.gpus, gpu_visible(args.backend), what="search")
     set_threads(args.threads)
 
     qids, qemb, qmeta = load_embeddings(args.queries, mmap=False)
@@ -59,10 +69,22 @@ def main():
             top_k=args.top_k,
             drop_identical_ids=args.drop,
             use_gpu=device == "cuda",
+            backend=args.backend,
+            device=device if args.backend == "torch" else None,
         )
     else:
         run = search_index(args, qids, qemb, qmeta, device)
     write_run(run, args.run, args.trec, args.tag)
+
+
+def gpu_visible(backend: str) -> bool:
+    """Whether the backend can search on a GPU here: FAISS's GPU build sees one, or
+    torch sees CUDA."""
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return faiss_gpu_available()
 
 
 def search_index(args, qids, qemb, qmeta, device):

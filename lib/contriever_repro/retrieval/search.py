@@ -1,18 +1,22 @@
-"""Exact inner-product search with FAISS over embedding shards, and run files.
+"""Exact inner-product search over embedding shards, and run files.
 
-Each corpus shard gets an `IndexFlatIP` (on GPU when FAISS has GPU support and one is
-visible); per-shard top-k lists are merged, so the whole corpus never has to sit in
-one index. Hits whose doc id equals the query id are dropped, as the `beir` package
-does during retrieval (this matters for ArguAna, Quora and CQADupStack).
+Each corpus shard is searched on its own, by one of two backends: FAISS (an
+`IndexFlatIP`, on GPU when FAISS has GPU support and one is visible) or plain PyTorch
+(torch_search.torch_topk, for a GPU without a faiss-gpu build for its CUDA). Per-shard
+top-k lists are merged, so the whole corpus never has to sit in one index. Hits whose
+doc id equals the query id are dropped, as the `beir` package does during retrieval
+(this matters for ArguAna, Quora and CQADupStack).
+
+Neither faiss nor torch is imported until a search needs it: search jobs start fast,
+and each backend works where the other is not installed.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pandas as pd
 
@@ -24,22 +28,49 @@ from .embeddings import load_embeddings
 log = logging.getLogger(__name__)
 
 
+BACKENDS = ("faiss", "torch")
+
+
 def faiss_gpu_available() -> bool:
-    """True when this FAISS build has GPU support and sees a GPU."""
+    """True when FAISS is installed, has GPU support and sees a GPU."""
+    try:
+        import faiss
+    except ImportError:
+        return False
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-def _gpu_resources():
-    return faiss.StandardGpuResources() if faiss_gpu_available() else None
+def _faiss_block_search(use_gpu: bool) -> Callable:
+    """search(doc_emb, query_emb, k) -> (scores, indices) with one IndexFlatIP per block."""
+    import faiss
+
+    gpu_res = faiss.StandardGpuResources() if use_gpu and faiss_gpu_available() else None
+
+    def search(doc_emb: np.ndarray, query_emb: np.ndarray, k: int) -> tuple:
+        index = faiss.IndexFlatIP(doc_emb.shape[1])
+        if gpu_res is not None:
+            index = faiss.index_cpu_to_gpu(gpu_res, 0, index)
+        index.add(np.ascontiguousarray(doc_emb, dtype=np.float32))
+        return index.search(np.ascontiguousarray(query_emb, dtype=np.float32), k)
+
+    return search
 
 
-def _search_block(doc_emb: np.ndarray, query_emb: np.ndarray, k: int, gpu_res) -> tuple:
-    index = faiss.IndexFlatIP(doc_emb.shape[1])
-    if gpu_res is not None:
-        index = faiss.index_cpu_to_gpu(gpu_res, 0, index)
-    index.add(np.ascontiguousarray(doc_emb, dtype=np.float32))
-    scores, idx = index.search(np.ascontiguousarray(query_emb, dtype=np.float32), k)
-    return scores, idx
+def _torch_block_search(use_gpu: bool, device: str | None) -> Callable:
+    """search(doc_emb, query_emb, k) with torch_topk on `device` (default: CUDA when
+    use_gpu and torch sees it, else CPU)."""
+    import torch
+
+    from .torch_search import torch_topk
+
+    if device is None:
+        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    log.info("exact search with PyTorch on %s", device)
+
+    def search(doc_emb: np.ndarray, query_emb: np.ndarray, k: int) -> tuple:
+        return torch_topk(doc_emb, query_emb, k, device=device)
+
+    return search
 
 
 def exact_search(
@@ -49,15 +80,27 @@ def exact_search(
     top_k: int = 1000,
     drop_identical_ids: bool = True,
     use_gpu: bool = True,
+    backend: str = "faiss",
+    device: str | None = None,
 ) -> pd.DataFrame:
     """Top-k documents per query by inner product, over all shards.
 
     Returns a run table (query_id, doc_id, rank, score) sorted by query then rank;
     rank starts at 1. Ties are broken by doc id so runs are reproducible.
+    backend: "faiss" or "torch" (same run, scores within fp32 rounding); only the
+    per-shard search differs. device: the torch backend's ("cuda", "cpu", "cuda:1");
+    default CUDA when use_gpu and visible.
     """
     if query_emb.shape[0] != len(query_ids):
         raise ValueError(f"{len(query_ids)} query ids for {query_emb.shape[0]} embeddings")
-    gpu_res = _gpu_resources() if use_gpu else None
+    if backend == "faiss":
+        if device is not None:
+            raise ValueError("device goes with backend='torch'; FAISS follows use_gpu")
+        search_block = _faiss_block_search(use_gpu)
+    elif backend == "torch":
+        search_block = _torch_block_search(use_gpu, device)
+    else:
+        raise InputError(f"search backend must be one of {BACKENDS}, got {backend!r}")
     k_fetch = top_k + 1 if drop_identical_ids else top_k
     nq = len(query_ids)
     best_scores = np.full((nq, 0), -np.inf, dtype=np.float32)
@@ -71,7 +114,7 @@ def exact_search(
         if shard_emb.shape[0] == 0:
             continue
         k = min(k_fetch, shard_emb.shape[0])
-        scores, idx = _search_block(shard_emb, query_emb, k, gpu_res)
+        scores, idx = search_block(shard_emb, query_emb, k)
         ids_arr = np.asarray(shard_ids, dtype=object)
         docs = ids_arr[idx]
         best_scores = np.concatenate([best_scores, scores], axis=1)
