@@ -31,8 +31,9 @@ from contriever_repro.retrieval.mining import (  # noqa: E402
     write_mined,
 )
 from contriever_repro.retrieval.search import (  # noqa: E402
+    BACKENDS,
     exact_search,
-    faiss_gpu_available,
+    gpu_visible,
     load_shards,
 )
 
@@ -56,6 +57,7 @@ def main():
     ap.add_argument("--gpus", type=int, default=0, help="GPUs the job was given")
     ap.add_argument("--threads", type=int, default=None)
     add_attention_args(ap)
+    ap.add_argument("--search-backend", choices=BACKENDS, default="faiss")
     ap.add_argument("--out", required=True, help="mined negatives parquet")
     ap.add_argument("--report", required=True, help="markdown report")
     ap.add_argument("--plot", required=True, help="png figure")
@@ -64,7 +66,8 @@ def main():
     device = choose_device(args.device, args.gpus, torch.cuda.is_available(), what="mine")
     # A GPU job whose FAISS cannot use a GPU fails now, as rule search does, instead of
     # searching hundreds of thousands of queries on CPU for hours.
-    search_device = choose_device(args.device, args.gpus, faiss_gpu_available(), what="search")
+    visible = gpu_visible(args.search_backend)
+    search_device = choose_device(args.device, args.gpus, visible, what="search")
     set_threads(args.threads)
     apply_attention(args)
 
@@ -113,6 +116,8 @@ def main():
         top_k=args.depth,
         drop_identical_ids=False,
         use_gpu=use_gpu,
+        backend=args.search_backend,
+        device=search_device if args.search_backend == "torch" else None,
     )
     mined = mine_negatives(
         run, positives, **settings, per_query=args.per_query, seed=args.seed, n_docs=n_docs

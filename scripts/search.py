@@ -12,7 +12,7 @@ from contriever_repro.retrieval.search import (
     BACKENDS,
     add_run_args,
     exact_search,
-    faiss_gpu_available,
+    gpu_visible,
     load_shards,
     write_run,
 )
@@ -75,16 +75,6 @@ def main():
     else:
         run = search_index(args, qids, qemb, qmeta, device)
     write_run(run, args.run, args.trec, args.tag)
-
-
-def gpu_visible(backend: str) -> bool:
-    """Whether the backend can search on a GPU here: FAISS's GPU build sees one, or
-    torch sees CUDA."""
-    if backend == "torch":
-        import torch
-
-        return torch.cuda.is_available()
-    return faiss_gpu_available()
 
 
 def search_index(args, qids, qemb, qmeta, device):

@@ -36,6 +36,13 @@ def test_the_default_leaves_cudnn_attention_out():
     assert plan.sdpa_backends({"attention": {"sdpa_backends": ["math"]}}) == "math"
 
 
+def test_search_backend_is_checked_naming_the_key():
+    assert plan.search_backend({}) == "faiss"
+    assert plan.search_backend({"search_backend": "torch"}) == "torch"
+    with pytest.raises(InputError, match="config search_backend: must be one of"):
+        plan.search_backend({"search_backend": "faiss-gpu"})
+
+
 @pytest.mark.parametrize("names", [["flash", "cudnn_attention"], []])
 def test_unknown_or_no_backend_is_refused_naming_the_key(names):
     with pytest.raises(InputError, match="attention.sdpa_backends"):

@@ -210,22 +210,3 @@ def test_search_script_torch_backend_gives_the_faiss_run(tmp_path):
     args = ["--queries", "q", "--index", "i", "--run", "r", "--trec", "t", "--backend", "torch"]
     proc = _search_script(args)
     assert proc.returncode == 2 and "--backend torch goes with --shard" in proc.stderr
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_search_equals_faiss_cpu():
-    rng = np.random.default_rng(3)
-    docs = rng.standard_normal((200_000, 768), dtype=np.float32)
-    queries = rng.standard_normal((1000, 768), dtype=np.float32)
-    want = _faiss_topk(docs, queries, 100)
-    torch.backends.cuda.matmul.allow_tf32 = True  # the search must turn it off itself
-    try:
-        got = torch_topk(docs, queries, 100, device="cuda")
-        assert torch.backends.cuda.matmul.allow_tf32 is True
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = False
-    _assert_same_topk(got, want)
-    # Small chunks on the GPU too: the merge across chunks gives the same answer.
-    chunked = torch_topk(docs, queries, 100, device="cuda", doc_chunk=30_000, query_chunk=300)
-    _assert_same_topk(chunked, want)

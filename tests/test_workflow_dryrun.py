@@ -221,6 +221,9 @@ def test_plain_dry_run_table11_uses_the_unsupervised_checkpoint():
     jobs = _jobs(proc.stdout)
     assert {j["wildcards"]["model"] for j in jobs["encode_queries"]} == {"contriever"}
     assert "facebook/contriever" in proc.stdout
+    # execution settings from the config: attention kernels and the exact-search engine
+    assert "--sdpa-backends flash,efficient,math" in proc.stdout
+    assert "--backend faiss" in proc.stdout
 
 
 def test_whole_paper_dag_dry_runs():

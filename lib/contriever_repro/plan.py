@@ -712,3 +712,13 @@ def sdpa_backends(config: Mapping) -> str:
     attention = config.get("attention") or {}
     names = attention.get("sdpa_backends", DEFAULT_SDPA_BACKENDS)
     return ",".join(check_sdpa_backends(names, "config attention.sdpa_backends"))
+
+
+def search_backend(config: Mapping) -> str:
+    """`search_backend` (exact search: faiss or torch), checked."""
+    from .retrieval.search import BACKENDS
+
+    backend = config.get("search_backend", "faiss")
+    if backend not in BACKENDS:
+        raise InputError(f"config search_backend: must be one of {BACKENDS}, got {backend!r}")
+    return backend

@@ -30,6 +30,8 @@ SCRIPTS = str(Path(workflow.basedir) / "scripts")
 DEVICE = config.get("device", "auto")
 # Attention kernels of every job that runs an encoder (models/attention.py).
 SDPA_BACKENDS = plan.sdpa_backends(config)
+# Exact search's engine (faiss | torch); an approximate index is FAISS's.
+SEARCH_BACKEND = plan.search_backend(config)
 # Where downloads come from is not what they are (their md5 is): the download rules read
 # the mirror from this global in their shell command, formatted when the job runs, and
 # not from a param. Snakemake's `params` trigger records the params' values and its
@@ -198,7 +200,8 @@ def search_corpus_args(wildcards, input, exact=False):
             args += [f"--rerank-shard {shlex.quote(s)}" for s in shards]
             args.append(f"--rerank-depth {rerank_depth()}")
         return " ".join(args)
-    return " ".join(f"--shard {shlex.quote(s)}" for s in shards)
+    args = [f"--shard {shlex.quote(s)}" for s in shards]
+    return " ".join([*args, f"--backend {shlex.quote(SEARCH_BACKEND)}"])
 
 
 def search_top_k(wildcards):

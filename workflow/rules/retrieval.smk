@@ -231,13 +231,15 @@ rule mine_negatives:
         device=DEVICE,
         gpus=lambda wc, resources: resources.get("gpu", 0),
         sdpa=SDPA_BACKENDS,
+        search_backend=SEARCH_BACKEND,
     shell:
         "{params.py:q} {params.script:q} --spec {params.spec:q} --source {input.model:q} "
         "--queries {input.queries:q} --records {input.records:q} {params.shard_args} "
         "--corpus {input.corpus:q} --depth {params.depth:q} --rank-min {params.rank_min:q} "
         "--rank-max {params.rank_max:q} {params.args} "
         "--seed {params.seed:q} --device {params.device:q} --gpus {params.gpus:q} "
-        "--threads {threads:q} --sdpa-backends {params.sdpa:q} --out {output.mined:q} "
+        "--threads {threads:q} --sdpa-backends {params.sdpa:q} "
+        "--search-backend {params.search_backend:q} --out {output.mined:q} "
         "--report {output.report:q} "
         "--plot {output.plot:q} 2> {log:q}"
 

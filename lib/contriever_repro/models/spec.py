@@ -175,7 +175,8 @@ def choose_device(requested: str, gpus: int, cuda_available: bool, what: str = "
         raise InputError(
             f"this job was given {gpus} GPU(s) (resources gpu={gpus}) but CUDA is not "
             "visible (check the partition, the job's --gpus, CUDA_VISIBLE_DEVICES and, for "
-            f"search, that FAISS is the GPU build faiss-gpu); refusing to {what} on CPU. "
+            "search with search_backend: faiss, that FAISS is the GPU build faiss-gpu, or "
+            f"set search_backend: torch); refusing to {what} on CPU. "
             f"To {what} on CPU on purpose, set `device: cpu` in the config or give the rule "
             "gpu=0."
         )

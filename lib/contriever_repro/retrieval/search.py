@@ -40,6 +40,16 @@ def faiss_gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
+def gpu_visible(backend: str) -> bool:
+    """Whether `backend` can search on a GPU here: FAISS's GPU build sees one, or torch
+    sees CUDA (choose_device's `cuda_available` for a search job)."""
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return faiss_gpu_available()
+
+
 def _faiss_block_search(use_gpu: bool) -> Callable:
     """search(doc_emb, query_emb, k) -> (scores, indices) with one IndexFlatIP per block."""
     import faiss
