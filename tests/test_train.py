@@ -286,6 +286,40 @@ def test_padding_to_a_multiple_changes_the_loss_curve_only_by_rounding(world, tm
     assert "pad_multiple" not in config().training_dict()  # a run may resume with another
 
 
+def test_compiled_encoders_train_as_eager_ones(world, tmp_path, caplog):
+    """compile: the encoders' forward goes through torch.compile (dynamo traces it; the
+    "eager" backend runs the captured graphs without generating code, which keeps this
+    test fast on a CPU), and checkpoints and export keep their parameter names."""
+    torch.set_num_threads(2)
+    model = tmp_path / "no-dropout"
+    shutil.copytree(world["model"], model)
+    config_json = json.loads((model / "config.json").read_text())
+    config_json.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (model / "config.json").write_text(json.dumps(config_json))
+    from torch._dynamo.utils import counters
+
+    caplog.set_level("INFO", logger="contriever_repro")
+    counters.clear()
+    curves = {}
+    for backend in (None, "eager"):
+        cfg = config(
+            steps=4, warmup_steps=1, batch_size_per_device=16, log_every=1,
+            chunk_length=64, pad_multiple=32, compile=backend,
+        )  # fmt: skip
+        run, out = tmp_path / f"run-{backend}", tmp_path / f"model-{backend}"
+        pretrain(cfg, model, {"demo": world["shards"]}, run, out)
+        curves[backend] = [r["loss"] for r in read_metrics(run)]
+    assert curves["eager"] == pytest.approx(curves[None], rel=1e-4)
+    assert "compiled 2 encoder(s)" in caplog.text  # MoCo's query and key encoders
+    assert counters["stats"]["unique_graphs"] >= 2  # dynamo did capture them
+    assert load_file(tmp_path / "model-eager" / "model.safetensors").keys() == (
+        load_file(tmp_path / "model-None" / "model.safetensors").keys()
+    )
+    with pytest.raises(InputError, match="demo.compile: unknown torch.compile backend"):
+        pretrain(config(steps=2, warmup_steps=1, compile="fast"), model,
+                 {"demo": world["shards"]}, tmp_path / "bad")  # fmt: skip
+
+
 def test_views_are_padded_to_multiples_of_8_within_the_chunk(world):
     from contriever_repro.training.loop import build_sampler, build_views, open_sources
 

@@ -44,6 +44,7 @@ BOOKKEEPING = frozenset(
         "device",
         "flush_denormal",
         "pad_multiple",
+        "compile",
     }
 )
 
@@ -93,6 +94,9 @@ class TrainingRun:
     # only float rounding and the draws of dropout masks (made per padded shape) change;
     # a run may resume with another value.
     pad_multiple: int = 8
+    # torch.compile backend for the encoders' forward (engine.compile_encoders): null
+    # (eager) or e.g. "inductor". Compiled kernels change only float rounding.
+    compile: str | None = None
     # bookkeeping
     log_every: int = 100
     checkpoint_every: int = 500
