@@ -56,6 +56,11 @@ def world(tmp_path_factory):
         intermediate_size=1024,
         seed=0,
     )
+    # No dropout: its masks are drawn per dtype and shape, and the curves of two
+    # precisions are compared below.
+    config = json.loads((model / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (model / "config.json").write_text(json.dumps(config))
     shards = root / "shards" / "demo"
     shards.mkdir(parents=True)
     tokenize_text_file(text, load_tokenizer(model), shards / "part-000")
@@ -174,10 +179,19 @@ def test_pretraining_runs_in_every_precision(curves, precision):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_follows_the_tf32_loss_curve(curves, precision):
-    """Same seed, data and dropout draws: the curves differ by reduced-precision noise."""
+    """Same seed and data, no dropout: the curves differ by reduced-precision noise."""
     tf32 = np.array([r["loss"] for r in curves["tf32"]][1:])
     other = np.array([r["loss"] for r in curves[precision]][1:])
     assert np.abs(other - tf32).mean() <= 0.05 * np.abs(tf32).mean() + 0.05
+
+
+def test_bf16_compiled_with_inductor_follows_the_tf32_loss_curve(curves, world, tmp_path):
+    cfg = _config("bf16", compile="inductor", pad_multiple=32)
+    pretrain(cfg, world["model"], {"demo": world["shards"]}, tmp_path / "run", None)
+    compiled = np.array([r["loss"] for r in read_metrics(tmp_path / "run")][1:])
+    tf32 = np.array([r["loss"] for r in curves["tf32"]][1:])
+    assert np.isfinite(compiled).all()
+    assert np.abs(compiled - tf32).mean() <= 0.05 * np.abs(tf32).mean() + 0.05
 
 
 @pytest.mark.parametrize("nproc", [1, 2])
