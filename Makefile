@@ -9,7 +9,7 @@ CONSTRAINTS ?= -c constraints/cpu.txt
 CORES ?= 2
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint dry-run bench bench-pretrain bench-finetune bench-openqa bench-rerank bench-mrtydi clean-demo
+.PHONY: install demo test lint dry-run bench bench-pretrain bench-finetune bench-openqa bench-rerank bench-mrtydi bench-gpu clean-demo
 
 install: $(VENV)/.installed
 
@@ -52,6 +52,11 @@ bench-rerank: install
 
 bench-mrtydi: install
 	$(BIN)/python bench/bench_mrtydi.py --out bench/out
+
+# On a GPU (cuda if visible, else a long CPU run: add ARGS=--quick for a smoke run).
+# On a lent GPU machine: bench/stage_gpu_data.sh here, then bench/run_gpu.sh there.
+bench-gpu: install
+	$(BIN)/python bench/bench_gpu.py --out bench/out $(ARGS)
 
 # Removes only what `make demo` writes: config/demo.yaml's work_dir and results_dir.
 clean-demo:

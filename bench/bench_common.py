@@ -11,6 +11,8 @@ import json
 import resource
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 RESULT_PREFIX = "RESULT "
 
@@ -38,3 +40,39 @@ def run_variant(variant: str, cmd: list[str]) -> dict:
     if proc.returncode != 0 or not lines:
         sys.exit(f"{variant} failed:\n{proc.stderr[-3000:]}")
     return json.loads(lines[-1][len(RESULT_PREFIX) :])
+
+
+def try_variant(cmd: list[str], timeout: float | None = None, log: Path | None = None) -> dict:
+    """The parent's side when one variant's failure must not end the benchmark (a run
+    on a lent GPU with a hard time limit): the worker's result with `status: ok`, or
+    `status: failed | timed_out` and the end of its stderr. `wall_s` is the whole
+    subprocess, start-up included; `log` keeps its stdout and stderr."""
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        out = {"status": "timed_out", "wall_s": time.perf_counter() - start}
+        out["error"] = f"killed after {timeout:.0f} s (time budget)"
+        if log is not None:
+            log.write_text(_text(err.stdout) + "\n--- stderr ---\n" + _text(err.stderr))
+        return out
+    wall = time.perf_counter() - start
+    if log is not None:
+        log.write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        return {
+            "status": "failed",
+            "wall_s": wall,
+            "returncode": proc.returncode,
+            "error": proc.stderr[-3000:],
+        }
+    result = json.loads(lines[-1][len(RESULT_PREFIX) :])
+    result.update(status="ok", wall_s=wall)
+    return result
+
+
+def _text(data) -> str:
+    if data is None:
+        return ""
+    return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
