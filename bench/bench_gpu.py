@@ -1195,7 +1195,7 @@ def targets(summary: dict) -> list[dict]:
     )
     best = cmp.get("best_bf16_over_tf32_step")
     add(
-        f"pretrain: best bf16 setting ({cmp.get('best_bf16_variant')}) step / TF32 step",
+        f"pretrain: best bf16 setting ({cmp.get('best_bf16_variant') or '-'}) step / TF32 step",
         f"<= {BF16_VS_TF32}",
         best,
         None if best is None else best <= BF16_VS_TF32,
