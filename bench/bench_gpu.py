@@ -1566,7 +1566,6 @@ def main(argv=None) -> None:
         }[args.worker]()
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # workers inherit it: never the hub
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     sections = _list(args.sections)
     bad = [s for s in sections if s not in SECTIONS]
     bad += [v for v in _list(args.pretrain_variants) if v not in PRETRAIN_VARIANTS]

@@ -116,7 +116,16 @@ def token_ids(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int
     limits = [max_length * CHARS_PER_TOKEN] * len(texts)
     while True:
         cut = [cut_at_space(t, n) for t, n in zip(texts, limits, strict=True)]
-        ids = tokenizer(cut, padding=False, truncation=True, max_length=max_length)["input_ids"]
+        ids = tokenizer(
+            cut,
+            padding=False,
+            truncation=True,
+            max_length=max_length,
+            # only the ids: converting masks and type ids to Python lists is most of the
+            # time a fast tokenizer spends outside its parallel Rust code
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
         short = [
             i
             for i, (c, t) in enumerate(zip(cut, texts, strict=True))
