@@ -308,7 +308,10 @@ def test_pretraining_targets_show_the_whole_dag(fake_slurm, target, experiments)
     )
     assert "-m contriever_repro.training.launch --nnodes 4 --nproc-per-node 8 -- " in out
     assert "$SLURM" not in out and "--overlap" not in out
-    assert re.search(r"--attempt 1 --time-limit-min 4320 2> \S+\.log", out)
+    assert re.search(
+        r"--attempt 1 --sdpa-backends flash,efficient,math --time-limit-min 4320 2> \S+\.log",
+        out,
+    )
 
 
 class _Resources(dict):
