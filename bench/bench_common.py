@@ -8,6 +8,8 @@ the worker prints one `RESULT {json}` line that the parent reads back.
 from __future__ import annotations
 
 import json
+import os
+import platform
 import resource
 import subprocess
 import sys
@@ -76,3 +78,13 @@ def _text(data) -> str:
     if data is None:
         return ""
     return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+
+
+def cpu_name() -> str:
+    """The host's CPU model and core count, for the benchmarks' reports."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{names[0] if names else platform.processor() or 'CPU'} x {os.cpu_count()} cores"

@@ -48,6 +48,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_common import cpu_name as _cpu_name
 from bench_common import emit_result, minilm_path, peak_rss_mib, try_variant
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -309,6 +310,19 @@ def device_worker(work: Path) -> None:
 # --------------------------------------------------------------------------- encode worker
 
 
+def _timed(run, texts: list[str], warm: list[str], batch_size: int, device: str):
+    """(embeddings, seconds, attention ops) of `run(texts)` after a warm-up on `warm`
+    and a profiled batch that records which attention kernels ran."""
+    run(warm)
+    ops = attention_ops(lambda: run(warm[:batch_size]))
+    _sync(device)
+    _reset_peak(device)
+    start = time.perf_counter()
+    emb = run(texts)
+    _sync(device)
+    return emb, time.perf_counter() - start, ops
+
+
 def _run_ours(setup: dict, precision: str, texts: list[str], warm: list[str]) -> dict:
     from contriever_repro.models.attention import (
         DEFAULT_SDPA_BACKENDS,
@@ -340,14 +354,7 @@ def _run_ours(setup: dict, precision: str, texts: list[str], warm: list[str]) ->
             dtype=precision,
         )
 
-    run(warm)
-    ops = attention_ops(lambda: run(warm[: s["batch_size"]]))
-    _sync(device)
-    _reset_peak(device)
-    start = time.perf_counter()
-    emb = run(texts)
-    _sync(device)
-    seconds = time.perf_counter() - start
+    emb, seconds, ops = _timed(run, texts, warm, s["batch_size"], device)
     return {
         "seconds": seconds,
         "emb": emb,
@@ -408,14 +415,7 @@ def _run_st(setup: dict, precision: str, texts: list[str], warm: list[str]) -> d
         )
         return np.asarray(out, dtype=np.float32)
 
-    run(warm)
-    ops = attention_ops(lambda: run(warm[: s["batch_size"]]))
-    _sync(device)
-    _reset_peak(device)
-    start = time.perf_counter()
-    emb = run(texts)
-    _sync(device)
-    seconds = time.perf_counter() - start
+    emb, seconds, ops = _timed(run, texts, warm, s["batch_size"], device)
     return {
         "seconds": seconds,
         "emb": emb,
@@ -1441,15 +1441,6 @@ def _version(dist: str) -> str | None:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
-    except OSError:
-        names = []
-    return f"{names[0] if names else platform.processor() or 'CPU'} x {os.cpu_count()} cores"
 
 
 def _git_commit() -> str | None:

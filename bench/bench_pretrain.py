@@ -34,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_common import cpu_name as _cpu_name
 from bench_common import emit_result, minilm_path, peak_rss_mib, run_variant
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -538,15 +539,6 @@ def _estimate_lines(est: dict) -> list[str]:
 
 
 # --------------------------------------------------------------------------- main
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            names = [ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")]
-    except OSError:
-        names = []
-    return f"{names[0] if names else 'unknown CPU'} x {os.cpu_count()} cores"
 
 
 def main() -> None:

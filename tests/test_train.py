@@ -262,17 +262,22 @@ def test_denormal_mode_is_not_part_of_the_run_identity():
     assert config().flush_denormal is True
 
 
+def _without_dropout(model: Path, dest: Path) -> Path:
+    """A copy of `model` with dropout off, for runs compared step by step."""
+    shutil.copytree(model, dest)
+    config_json = json.loads((dest / "config.json").read_text())
+    config_json.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (dest / "config.json").write_text(json.dumps(config_json))
+    return dest
+
+
 def test_padding_to_a_multiple_changes_the_loss_curve_only_by_rounding(world, tmp_path):
     """GPU runs pad views to multiples of 8 (repeating shapes, full tensor-core tiles);
     padded positions are masked out of attention and pooling, so without dropout the run
     is the same up to rounding."""
     torch.set_num_threads(2)
     # Without dropout: its random masks are drawn per padded shape, so they differ.
-    model = tmp_path / "no-dropout"
-    shutil.copytree(world["model"], model)
-    config_json = json.loads((model / "config.json").read_text())
-    config_json.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (model / "config.json").write_text(json.dumps(config_json))
+    model = _without_dropout(world["model"], tmp_path / "no-dropout")
     curves = {}
     for multiple in (1, 8):
         cfg = config(
@@ -291,11 +296,7 @@ def test_compiled_encoders_train_as_eager_ones(world, tmp_path, caplog):
     "eager" backend runs the captured graphs without generating code, which keeps this
     test fast on a CPU), and checkpoints and export keep their parameter names."""
     torch.set_num_threads(2)
-    model = tmp_path / "no-dropout"
-    shutil.copytree(world["model"], model)
-    config_json = json.loads((model / "config.json").read_text())
-    config_json.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (model / "config.json").write_text(json.dumps(config_json))
+    model = _without_dropout(world["model"], tmp_path / "no-dropout")
     from torch._dynamo.utils import counters
 
     caplog.set_level("INFO", logger="contriever_repro")
