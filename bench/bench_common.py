@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 RESULT_PREFIX = "RESULT "
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def minilm_path() -> str:
@@ -88,3 +89,45 @@ def cpu_name() -> str:
     except OSError:
         names = []
     return f"{names[0] if names else platform.processor() or 'CPU'} x {os.cpu_count()} cores"
+
+
+def repo_path(path) -> str:
+    """`path` as a benchmark record shows it: relative to the repository (shared data
+    becomes ../shared/...), so the record names no machine's folders."""
+    return os.path.relpath(path, ROOT)
+
+
+def gemm_flop_per_s(
+    precision: str, size: int, device: str = "cpu", reps: int = 4, tries: int = 3
+) -> float:
+    """FLOP/s of a dense square matmul in `precision` (fp32 strict, tf32, bf16, fp16),
+    best of `tries` runs of `reps` products after a warm-up: the practical peak a
+    model-FLOPs utilisation divides by, measured in the same process and threads."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}.get(
+        precision, torch.float16
+    )
+    cuda = torch.device(device).type == "cuda"
+    tf32, matmul = torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    try:
+        g = torch.Generator(device=device).manual_seed(0)
+        a = torch.randn(size, size, device=device, dtype=dtype, generator=g)
+        b = torch.randn(size, size, device=device, dtype=dtype, generator=g)
+        a @ b
+        best = 0.0
+        for _ in range(tries):
+            if cuda:
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            if cuda:
+                torch.cuda.synchronize(device)
+            best = max(best, 2 * size**3 * reps / (time.perf_counter() - start))
+        return best
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cuda.matmul.allow_tf32 = tf32

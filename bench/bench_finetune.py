@@ -34,13 +34,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import emit_result, minilm_path, peak_rss_mib, run_variant
+from bench_common import emit_result, gemm_flop_per_s, minilm_path, peak_rss_mib, run_variant
 from bench_pretrain import (
     A100_PEAK,
     MFUS,
     _cpu_name,
     _cpu_seconds,
-    _gemm_flops,
     _machine_cpu_seconds,
     _merge,
     bert_base_params,
@@ -189,7 +188,7 @@ def train_worker(variant: str, data: dict, warmup: int, steps: int, threads: int
         cores_used_others=max(others, 0.0) / wall,
         n_params=params["n_params"],
         n_params_nonembed=params["n_params_nonembed"],
-        gemm_flop_per_s=_gemm_flops(torch.float32),
+        gemm_flop_per_s=gemm_flop_per_s("fp32", 2048),
         peak_rss_mib=peak_rss_mib(),
     )
     emit_result(result)

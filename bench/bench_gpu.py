@@ -49,7 +49,14 @@ import time
 from pathlib import Path
 
 from bench_common import cpu_name as _cpu_name
-from bench_common import emit_result, minilm_path, peak_rss_mib, try_variant
+from bench_common import (
+    emit_result,
+    gemm_flop_per_s,
+    minilm_path,
+    peak_rss_mib,
+    repo_path,
+    try_variant,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "lib") not in sys.path:  # after PYTHONPATH and an installed package
@@ -235,41 +242,6 @@ def _flops_args(dims: dict) -> dict:
 # --------------------------------------------------------------------------- device worker
 
 
-def gemm_tflops(name: str, size: int, device: str, reps: int = 10, tries: int = 3) -> float:
-    """Dense square matmul TFLOP/s (best of `tries` runs of `reps` products, after a
-    warm-up) in precision `name`: the practical peak an MFU divides by. fp32 is strict
-    (TF32 off), tf32 turns TF32 matmuls on."""
-    import torch
-
-    dtype = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}.get(
-        name, torch.float16
-    )
-    tf32, precision = torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high" if name == "tf32" else "highest")
-    torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
-    try:
-        g = torch.Generator(device=device).manual_seed(0)
-        a = torch.randn(size, size, device=device, dtype=dtype, generator=g)
-        b = torch.randn(size, size, device=device, dtype=dtype, generator=g)
-        for _ in range(2):
-            a @ b
-        best = 0.0
-        for _ in range(tries):
-            _sync(device)
-            start = time.perf_counter()
-            for _ in range(reps):
-                a @ b
-            _sync(device)
-            best = max(best, 2 * size**3 * reps / (time.perf_counter() - start))
-        del a, b
-        if torch.device(device).type == "cuda":
-            torch.cuda.empty_cache()
-        return best / 1e12
-    finally:
-        torch.set_float32_matmul_precision(precision)
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-
-
 def device_worker(work: Path) -> None:
     import numpy as np
     import torch
@@ -301,7 +273,8 @@ def device_worker(work: Path) -> None:
         )
     out["gemm_size"] = setup["gemm_size"]
     out["gemm_tflops"] = {
-        name: gemm_tflops(name, setup["gemm_size"], device, reps=10 if kind == "cuda" else 3)
+        name: gemm_flop_per_s(name, setup["gemm_size"], device, reps=10 if kind == "cuda" else 3)
+        / 1e12
         for name in GEMM_DTYPES[kind]
     }
     emit_result(out)
@@ -816,7 +789,7 @@ def prepare(args, device: str, sections: list[str], work: Path) -> dict:
 
     if args.model:
         model = Path(args.model)
-        setup["model_desc"] = f"{model} (given)"
+        setup["model_desc"] = f"{repo_path(model)} (given)"
     else:
         tokenizer = args.tokenizer or minilm_path()
         model = build_random_bert(tokenizer, work / "model", sizes["model_dims"])
@@ -828,7 +801,7 @@ def prepare(args, device: str, sections: list[str], work: Path) -> dict:
     if sizes["max_docs"]:
         corpus = corpus.head(sizes["max_docs"])
     texts = passage_texts(corpus, ModelSpec(name="bench", source=str(model)))
-    setup["corpus"] = str(args.corpus)
+    setup["corpus"] = repo_path(args.corpus)
     setup["n_docs"] = len(texts)
     setup["texts"] = str(work / "texts.json")
     Path(setup["texts"]).write_text(json.dumps(texts))
@@ -1464,7 +1437,8 @@ def _meta(args, device: str, sections: list[str]) -> dict:
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git_commit": _git_commit(),
-        "argv": sys.argv[1:],
+        # paths relative to the repository: the record names no machine's folders
+        "argv": [repo_path(a) if os.path.exists(a) else a for a in sys.argv[1:]],
         "device": device,
         "sections": sections,
         "quick": args.quick,

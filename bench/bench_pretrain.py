@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from bench_common import cpu_name as _cpu_name
-from bench_common import emit_result, minilm_path, peak_rss_mib, run_variant
+from bench_common import emit_result, gemm_flop_per_s, minilm_path, peak_rss_mib, run_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 WIKI = ROOT.parent / "shared" / "data" / "text" / "wikipedia-summaries" / "en.txt"
@@ -216,23 +216,6 @@ def wait_until_idle(max_wait: float, busy_cores: float = 0.3, sample: float = 3.
             return busy
 
 
-def _gemm_flops(dtype, size: int = 2048, reps: int = 4, tries: int = 3) -> float:
-    """FLOP/s of a square matmul on this CPU (best of `tries`): the roofline a training
-    step can approach, measured in the same process and threads."""
-    import torch
-
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
-    a @ b
-    best = 0.0
-    for _ in range(tries):
-        start = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        best = max(best, 2 * size**3 * reps / (time.perf_counter() - start))
-    return best
-
-
 def worker(variant: str, data: dict, warmup: int, steps: int, threads: int, work: Path) -> None:
     import torch
     from transformers import AutoConfig
@@ -254,7 +237,7 @@ def worker(variant: str, data: dict, warmup: int, steps: int, threads: int, work
     result = _merge(read_metrics(run_dir), warmup)
     result.update(_padding(cfg, init, shards, warmup, steps))
     params = param_counts(AutoConfig.from_pretrained(init))
-    gemm = torch.bfloat16 if precision == "bf16" else torch.float32
+    gemm = "bf16" if precision == "bf16" else "fp32"
     result.update(
         variant=variant,
         model=model,
@@ -271,7 +254,7 @@ def worker(variant: str, data: dict, warmup: int, steps: int, threads: int, work
         cores_used_others=max(others, 0.0) / wall,
         n_params=params["n_params"],
         n_params_nonembed=params["n_params_nonembed"],
-        gemm_flop_per_s=_gemm_flops(gemm),
+        gemm_flop_per_s=gemm_flop_per_s(gemm, 2048),
         peak_rss_mib=peak_rss_mib(),
         worker_peak_rss_mib=peak_rss_mib(resource.RUSAGE_CHILDREN),
     )

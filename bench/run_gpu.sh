@@ -19,7 +19,7 @@ OUT="${OUT:-bench/out}"
 budget="${1:-${BENCH_BUDGET_S:-360}}"
 py="${PYTHON:-python3}"
 data=bench/data
-work="${BENCH_WORK:-/tmp/bench_gpu_work}"
+work="${BENCH_WORK:-$(mktemp -d)}"
 export PYTHONPATH="lib${PYTHONPATH:+:$PYTHONPATH}"
 # Tokenizers stay parallel (their default): tokenising runs ahead of the GPU on every
 # core, as in the workflow's encoding jobs.

@@ -106,7 +106,6 @@ def main():
     tokenizer, model = load_encoder(spec, device, offline=True)
     qids, qemb = enc.encode_table(queries, spec, tokenizer, model, "query", what="encode queries")
     del model
-    use_gpu = search_device == "cuda"
     # Query and document ids may share a namespace by accident (MS MARCO's are both
     # integers), so no hit is dropped for having the query's id.
     run = exact_search(
@@ -115,9 +114,8 @@ def main():
         load_shards(args.shard, enc.embedding_meta(spec, "query")),
         top_k=args.depth,
         drop_identical_ids=False,
-        use_gpu=use_gpu,
         backend=args.search_backend,
-        device=search_device if args.search_backend == "torch" else None,
+        device=search_device,
     )
     mined = mine_negatives(
         run, positives, **settings, per_query=args.per_query, seed=args.seed, n_docs=n_docs

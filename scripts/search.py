@@ -68,9 +68,8 @@ def main():
             load_shards(args.shard, qmeta),
             top_k=args.top_k,
             drop_identical_ids=args.drop,
-            use_gpu=device == "cuda",
             backend=args.backend,
-            device=device if args.backend == "torch" else None,
+            device=device,
         )
     else:
         run = search_index(args, qids, qemb, qmeta, device)

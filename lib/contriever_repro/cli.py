@@ -65,9 +65,9 @@ def add_attention_args(ap) -> None:
 
 def apply_attention(args) -> None:
     """Enable the SDPA backends `--sdpa-backends` names, before any model runs."""
-    from .models.attention import check_sdpa_backends, set_sdpa_backends
+    from .models.attention import set_sdpa_backends
 
-    set_sdpa_backends(check_sdpa_backends(args.sdpa_backends, "--sdpa-backends"))
+    set_sdpa_backends(args.sdpa_backends, "--sdpa-backends")
 
 
 def add_training_args(ap) -> None:

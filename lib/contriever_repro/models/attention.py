@@ -57,10 +57,12 @@ def sdpa_backends() -> tuple[str, ...]:
     return tuple(name for name, (enabled, _) in _switches().items() if enabled())
 
 
-def set_sdpa_backends(names: Sequence[str]) -> tuple[str, ...]:
-    """Enable exactly `names` for the rest of the process; returns the previous set (so a
-    caller can put it back)."""
-    names = check_sdpa_backends(names)
+def set_sdpa_backends(
+    names: Sequence[str] | str, where: str = "attention.sdpa_backends"
+) -> tuple[str, ...]:
+    """Enable exactly `names` (checked; errors name `where`) for the rest of the process;
+    returns the previous set (so a caller can put it back)."""
+    names = check_sdpa_backends(names, where)
     before = sdpa_backends()
     for name, (_, enable) in _switches().items():
         enable(name in names)

@@ -123,6 +123,8 @@ def load_encoder(
     """
     from transformers import AutoModel, AutoTokenizer
 
+    if weights_dtype not in DTYPES:
+        raise InputError(f"weights_dtype must be one of {DTYPES}, got {weights_dtype!r}")
     source = spec.source
     is_local = Path(source).exists()
     if offline and not Path(source).is_dir():
@@ -144,8 +146,6 @@ def load_encoder(
     if hasattr(model, "pooler") and model.pooler is not None:
         # Contriever checkpoints carry no pooler; an untrained one would only waste time.
         model.pooler = None
-    if weights_dtype not in DTYPES:
-        raise InputError(f"weights_dtype must be one of {DTYPES}, got {weights_dtype!r}")
     model.eval()
     if weights_dtype != "fp32" and str(device).startswith("cuda"):
         model.to(torch_dtype(weights_dtype))

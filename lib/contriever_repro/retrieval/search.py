@@ -98,15 +98,13 @@ def exact_search(
     Returns a run table (query_id, doc_id, rank, score) sorted by query then rank;
     rank starts at 1. Ties are broken by doc id so runs are reproducible.
     backend: "faiss" or "torch" (same run, scores within fp32 rounding); only the
-    per-shard search differs. device: the torch backend's ("cuda", "cpu", "cuda:1");
-    default CUDA when use_gpu and visible.
+    per-shard search differs. device: where to search ("cuda", "cpu"; the torch backend
+    also "cuda:1"); default: a GPU when use_gpu and the backend sees one.
     """
     if query_emb.shape[0] != len(query_ids):
         raise ValueError(f"{len(query_ids)} query ids for {query_emb.shape[0]} embeddings")
     if backend == "faiss":
-        if device is not None:
-            raise ValueError("device goes with backend='torch'; FAISS follows use_gpu")
-        search_block = _faiss_block_search(use_gpu)
+        search_block = _faiss_block_search(use_gpu if device is None else device != "cpu")
     elif backend == "torch":
         search_block = _torch_block_search(use_gpu, device)
     else:

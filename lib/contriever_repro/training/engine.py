@@ -246,14 +246,21 @@ def load_init_model(init: str | Path) -> torch.nn.Module:
 # --------------------------------------------------------------------------- precision
 
 
-def compile_encoders(model: torch.nn.Module, backend: str) -> int:
+def compile_encoders(model: torch.nn.Module, backend: str, where: str = "compile") -> int:
     """Compile the forward of every outermost Hugging Face model inside `model` (MoCo's
     two encoders, in-batch's one, a cross-encoder) with `torch.compile(backend=...)`;
     returns how many. `nn.Module.compile` keeps parameter names, so checkpoints and the
     export are unchanged. Shapes are static: with pad_multiple 32 a 256-token chunk's
-    views take 5 widths, within dynamo's cache of 8 graphs per function.
+    views take 5 widths, within dynamo's cache of 8 graphs per function. An unknown
+    backend is an InputError naming `where`.
     """
+    import torch._dynamo as dynamo
     from transformers import PreTrainedModel
+
+    if backend not in dynamo.list_backends(exclude_tags=()):
+        raise InputError(
+            f"{where}: unknown torch.compile backend {backend!r}; known: {dynamo.list_backends()}"
+        )
 
     done: list[torch.nn.Module] = []
     for module in model.modules():
@@ -547,14 +554,7 @@ def run_steps(
     after a checkpoint when asked to stop."""
     model = trainee.model
     if cfg.compile:
-        import torch._dynamo as dynamo
-
-        if cfg.compile not in dynamo.list_backends(exclude_tags=()):
-            raise InputError(
-                f"{cfg.name}.compile: unknown torch.compile backend {cfg.compile!r}; "
-                f"known: {dynamo.list_backends()}"
-            )
-        n = compile_encoders(model, cfg.compile)
+        n = compile_encoders(model, cfg.compile, where=f"{cfg.name}.compile")
         log.info("compiled %d encoder(s) with torch.compile(backend=%r)", n, cfg.compile)
     wrapped = model
     if env.world_size > 1:
