@@ -16,10 +16,12 @@ peaks, allocator caches, SDPA switches and TF32 modes never leak between variant
   as users run it) at the same precision: seconds, docs/s, tokens/s, achieved TFLOP/s,
   ours/ST, and per-text cosine against our fp32 embeddings.
 * pretrain: MoCo steps (the paper's recipe: batch 64, queue 131072, 256-token
-  chunks, crop 5-50% + delete 10%) per precision, bf16 with cuDNN attention (the
-  regression the issue found), bf16 without padding to multiples of 8, and one bf16
-  run with synchronised timers for the forward/backward split; each `--repeats`
-  times. Step time, parts, seq/s, tokens/s, peak memory, loss curve, MFU.
+  chunks, crop 5-50% + delete 10%) per precision, and bf16 with cuDNN attention (the
+  regression the issue found), without padding to multiples of 8, with the key encoder
+  on its fp32 weights (autocast's casts), padded to multiples of 32, compiled by
+  inductor (plain, and replaying CUDA graphs), and with synchronised timers for the
+  forward/backward split (once); each `--repeats` times. Step time, parts, seq/s,
+  tokens/s, peak memory, loss curve, MFU.
 * search: torch_topk on the device against FAISS IndexFlatIP on CPU when faiss is
   importable, and always against an exact float64 numpy top-k on a subset of queries.
 
@@ -47,6 +49,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from bench_common import cpu_name as _cpu_name
 from bench_common import (
@@ -67,27 +70,51 @@ SECTIONS = ("encode", "pretrain", "search")
 GPU_PRECISIONS = ("fp32", "fp16", "bf16")
 CPU_PRECISIONS = ("fp32", "bf16")
 ALL_BACKENDS = ("flash", "efficient", "cudnn", "math")  # torch's default: all enabled
-# name: (precision, SDPA backends (None: the workflow's default), pad_multiple, sync_timing,
-# torch.compile backend or None)
+
+
+class Variant(NamedTuple):
+    """One pre-training setting; the defaults are the workflow's."""
+
+    precision: str
+    backends: tuple[str, ...] | None = None  # SDPA backends; None: the workflow's default
+    pad_multiple: int = 8
+    sync: bool = False  # synchronised timers (forward/backward split)
+    compile: str | None = None  # torch.compile backend
+    compile_mode: str | None = None
+    key_half_weights: bool = True  # the key encoder on half Linear weights under autocast
+
+
 PRETRAIN_VARIANTS = {
-    "tf32": ("tf32", None, 8, False, None),
-    "bf16": ("bf16", None, 8, False, None),
-    "fp32": ("fp32", None, 8, False, None),
-    "fp16": ("fp16", None, 8, False, None),
-    "bf16-pad1": ("bf16", None, 1, False, None),
-    "bf16-cudnn": ("bf16", ALL_BACKENDS, 8, False, None),
-    "bf16-pad32": ("bf16", None, 32, False, None),
-    "bf16-compile": ("bf16", None, 32, False, "inductor"),
+    "tf32": Variant("tf32"),
+    "bf16": Variant("bf16"),
+    "fp32": Variant("fp32"),
+    "fp16": Variant("fp16"),
+    "bf16-pad1": Variant("bf16", pad_multiple=1),
+    "bf16-cudnn": Variant("bf16", backends=ALL_BACKENDS),
+    "bf16-fp32key": Variant("bf16", key_half_weights=False),
+    "bf16-pad32": Variant("bf16", pad_multiple=32),
+    "bf16-compile": Variant("bf16", pad_multiple=32, compile="inductor"),
+    "bf16-cudagraphs": Variant(
+        "bf16", pad_multiple=32, compile="inductor", compile_mode="reduce-overhead"
+    ),
     # Synchronised timers split forward/backward but add a sync per phase: run once.
-    "bf16-sync": ("bf16", None, 8, True, None),
+    "bf16-sync": Variant("bf16", sync=True),
 }
 # The bf16 variants that are training settings a user can choose (the best one is
 # compared with TF32 beside the default one).
-BF16_SETTINGS = ("bf16", "bf16-pad1", "bf16-pad32", "bf16-compile")
+BF16_SETTINGS = (
+    "bf16",
+    "bf16-pad1",
+    "bf16-fp32key",
+    "bf16-pad32",
+    "bf16-compile",
+    "bf16-cudagraphs",
+)
 CUDA_ONLY = {
     "fp16": "fp16 training needs a GPU (autocast + GradScaler)",
     "bf16-cudnn": "cuDNN attention is CUDA-only",
     "bf16-compile": "inductor's code generation takes minutes on a CPU",
+    "bf16-cudagraphs": "CUDA graphs need a GPU",
     "bf16-sync": "synchronised timers only differ from plain ones on CUDA",
 }
 GEMM_DTYPES = {"cuda": ("fp32", "tf32", "bf16", "fp16"), "cpu": ("fp32", "bf16")}
@@ -428,9 +455,10 @@ def encode_worker(work: Path, variant: str) -> None:
 # --------------------------------------------------------------------------- pretrain worker
 
 
-def pretrain_config(setup: dict, precision: str, pad_multiple: int, compile: str | None = None):
-    """The issue's recipe at the setup's sizes; the lr reaches its peak after a short
-    warm-up and the schedule is long, so the measured steps train at the paper's lr."""
+def pretrain_config(setup: dict, variant: Variant):
+    """The issue's recipe at the setup's sizes, in `variant`'s setting; the lr reaches
+    its peak after a short warm-up and the schedule is long, so the measured steps train
+    at the paper's lr."""
     from contriever_repro.training.config import PretrainConfig
 
     s = setup["sizes"]
@@ -448,9 +476,11 @@ def pretrain_config(setup: dict, precision: str, pad_multiple: int, compile: str
         "augmentation": "delete",
         "augmentation_prob": 0.1,
         "batch_size_per_device": s["pretrain_batch"],
-        "precision": precision,
-        "pad_multiple": pad_multiple,
-        "compile": compile,
+        "precision": variant.precision,
+        "pad_multiple": variant.pad_multiple,
+        "compile": variant.compile,
+        "compile_mode": variant.compile_mode,
+        "key_encoder_half_weights": variant.key_half_weights,
         "num_workers": 2 if cuda else 0,
         "nodes": 1,
         "gpus_per_node": 1,
@@ -460,7 +490,7 @@ def pretrain_config(setup: dict, precision: str, pad_multiple: int, compile: str
         "log_every": 1,
         "checkpoint_every": 10**9,  # only the final (untimed) checkpoint
     }
-    return PretrainConfig.from_dict(f"bench-gpu-{precision}-pad{pad_multiple}", spec)
+    return PretrainConfig.from_dict(f"bench-gpu-{variant.precision}", spec)
 
 
 def _batches(cfg, setup: dict):
@@ -569,11 +599,11 @@ def pretrain_worker(work: Path, variant: str, repeat: int) -> None:
     from contriever_repro.training.loop import flush_denormals, pretrain, read_metrics
 
     setup = json.loads((work / "setup.json").read_text())
-    precision, backends, pad_multiple, sync, compile = PRETRAIN_VARIANTS[variant]
-    cfg = pretrain_config(setup, precision, pad_multiple, compile)
+    setting = PRETRAIN_VARIANTS[variant]
+    cfg = pretrain_config(setup, setting)
     flush_denormals(cfg)  # as scripts/pretrain.py: before the thread pool exists
     setup = _load_setup(work)
-    set_sdpa_backends(backends or DEFAULT_SDPA_BACKENDS)
+    set_sdpa_backends(setting.backends or DEFAULT_SDPA_BACKENDS)
     s = setup["sizes"]
     warmup, total = s["warmup_steps"], s["warmup_steps"] + s["steps"]
     run_dir = Path(tempfile.mkdtemp(prefix=f"run-{variant}-{repeat}-", dir=setup["run_root"]))
@@ -585,7 +615,7 @@ def pretrain_worker(work: Path, variant: str, repeat: int) -> None:
             {"bench": setup["shards"]},
             run_dir,
             device=setup["device"],
-            sync_timing=sync,
+            sync_timing=setting.sync,
             stop_at=total,
         )
         wall = time.perf_counter() - start
@@ -597,10 +627,12 @@ def pretrain_worker(work: Path, variant: str, repeat: int) -> None:
     out.update(
         variant=variant,
         repeat=repeat,
-        precision=precision,
-        pad_multiple=pad_multiple,
-        compile=compile,
-        sync_timing=sync,
+        precision=setting.precision,
+        pad_multiple=setting.pad_multiple,
+        compile=setting.compile,
+        compile_mode=setting.compile_mode,
+        key_half_weights=setting.key_half_weights,
+        sync_timing=setting.sync,
         sdpa_backends_enabled=list(sdpa_backends()),
         attention_ops=_probe_attention(cfg, setup, warmup),
         pretrain_call_s=wall,
@@ -951,7 +983,7 @@ def _plan(args, device: str, sections: list[str]) -> list[tuple]:
         names = _list(args.pretrain_variants) or default_pretrain_variants(device, args.quick)
         for r in range(1, args.repeats + 1):
             for v in names:
-                if r > 1 and PRETRAIN_VARIANTS[v][3]:
+                if r > 1 and PRETRAIN_VARIANTS[v].sync:
                     continue  # the synchronised run is for its split, once
                 worker = ["--worker", "pretrain", "--variant", v, "--repeat", str(r)]
                 (plan if r == 1 else later).append(("pretrain", v, worker, r))

@@ -255,6 +255,70 @@ def test_key_encoder_eval_mode_really_disables_dropout():
     assert moco.encoder_q.training and not moco.encoder_k.training
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_key_weights_give_autocasts_keys_exactly(dtype):
+    """Under autocast the key encoder runs on half copies of its Linear weights: the
+    keys (the queue), the loss and the fp32 key encoder are bitwise those of autocast
+    over the fp32 weights, step after step, and nothing new is checkpointed."""
+
+    def run(half: bool):
+        moco = MoCo(Encoder(tiny_bert()), queue_size=8, momentum=0.9, key_half_weights=half)
+        with torch.no_grad():
+            for p in moco.encoder_q.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+        opt = build_optimizer(moco, lr=1e-2)
+        losses = []
+        for step in range(3):
+            with torch.autocast("cpu", dtype=dtype):
+                loss, _ = moco(*make_batch(4, seed=step), *make_batch(4, seed=10 + step))
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.detach())
+        return moco, torch.stack(losses)
+
+    plain, plain_losses = run(half=False)
+    half, half_losses = run(half=True)
+    assert torch.equal(half_losses, plain_losses)
+    assert half.state_dict().keys() == plain.state_dict().keys()
+    for key, value in plain.state_dict().items():
+        assert torch.equal(half.state_dict()[key], value), key
+    copies = half.key_half_weights
+    assert len(copies.names) == 2 * 6  # weight and bias of one layer's 6 Linears
+    assert all(c.dtype == dtype for c in copies.copies)
+    for name, c in zip(copies.names, copies.copies, strict=True):  # the last step's θ_k
+        assert c.data_ptr() != half.encoder_k.get_parameter(name).data_ptr()
+    with torch.no_grad():  # without autocast: the fp32 encoder, no copies involved
+        keys = half.encode_keys(*make_batch(4))
+    assert keys.dtype == torch.float32
+
+
+def test_half_key_weights_are_the_ones_the_key_forward_uses(monkeypatch):
+    moco = MoCo(Encoder(tiny_bert()), queue_size=8)
+    copies, batch = moco.key_half_weights, make_batch(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        want = moco.encoder_k(*batch)
+        assert torch.equal(moco.encode_keys(*batch), want)
+        real = type(copies).refreshed
+        zeroed = lambda dtype: {n: torch.zeros_like(c) for n, c in real(copies, dtype).items()}  # noqa: E731
+        monkeypatch.setattr(copies, "refreshed", zeroed)
+        assert not torch.allclose(moco.encode_keys(*batch), want)
+
+
+def test_half_key_weights_follow_a_replaced_or_moved_encoder():
+    moco = MoCo(Encoder(tiny_bert()), queue_size=8)
+    copies = moco.key_half_weights
+    copies.refreshed(torch.bfloat16)
+    name = copies.names[0]
+    with torch.no_grad():  # a conversion that installs new parameter objects
+        new = nn.Parameter(torch.ones_like(moco.encoder_k.get_parameter(name)), False)
+    module, _, leaf = name.rpartition(".")
+    setattr(moco.encoder_k.get_submodule(module), leaf, new)
+    assert torch.equal(copies.refreshed(torch.bfloat16)[name], new.to(torch.bfloat16))
+    assert copies.refreshed(torch.float16)[name].dtype == torch.float16
+    assert MoCo(Encoder(tiny_bert()), queue_size=8, key_half_weights=False).key_half_weights is None
+
+
 # ---------------------------------------------------------------------------- in-batch
 
 

@@ -185,6 +185,25 @@ def test_reduced_precision_follows_the_tf32_loss_curve(curves, precision):
     assert np.abs(other - tf32).mean() <= 0.05 * np.abs(tf32).mean() + 0.05
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_key_weights_give_autocasts_keys_exactly_on_gpu(world, dtype):
+    """The key encoder's half Linear copies compute bitwise what autocast computes over
+    its fp32 weights, on the GPU's kernels too."""
+    from transformers import AutoModel
+
+    from contriever_repro.training.contrastive import Encoder, MoCo
+
+    moco = MoCo(Encoder(AutoModel.from_pretrained(world["model"])), queue_size=64).cuda()
+    tokenizer = load_tokenizer(world["model"])
+    batch = tokenizer(world["texts"][:64], padding=True, truncation=True, max_length=128,
+                      return_tensors="pt").to("cuda")  # fmt: skip
+    with torch.autocast("cuda", dtype=dtype), torch.no_grad():
+        want = moco.encoder_k(batch["input_ids"], batch["attention_mask"])
+        got = moco.encode_keys(batch["input_ids"], batch["attention_mask"])
+    assert moco.key_half_weights.copies[0].dtype == dtype
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_torchrun_on_gpus(world, tmp_path, nproc):
     """The launch the workflow uses, on `nproc` GPUs; two processes join over NCCL."""
@@ -240,9 +259,10 @@ def test_cuda_search_equals_the_cpu_reference():
         torch.backends.cuda.matmul.allow_tf32 = False
 
 
-# Last: inductor's code generation takes the longest.
-def test_bf16_compiled_with_inductor_follows_the_tf32_loss_curve(curves, world, tmp_path):
-    cfg = _config("bf16", compile="inductor", pad_multiple=32)
+# Last: inductor's code generation takes the longest. reduce-overhead replays CUDA graphs.
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"])
+def test_bf16_compiled_with_inductor_follows_the_tf32_loss_curve(curves, world, tmp_path, mode):
+    cfg = _config("bf16", compile="inductor", compile_mode=mode, pad_multiple=32)
     pretrain(cfg, world["model"], {"demo": world["shards"]}, tmp_path / "run", None)
     compiled = np.array([r["loss"] for r in read_metrics(tmp_path / "run")][1:])
     tf32 = np.array([r["loss"] for r in curves["tf32"]][1:])

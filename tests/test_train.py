@@ -321,6 +321,54 @@ def test_compiled_encoders_train_as_eager_ones(world, tmp_path, caplog):
                  {"demo": world["shards"]}, tmp_path / "bad")  # fmt: skip
 
 
+def test_compile_mode_reaches_torch_compile_and_marks_every_pass(world, tmp_path, monkeypatch):
+    """compile_mode: reduce-overhead is passed to torch.compile for each encoder, and
+    every forward of a step starts a new CUDA-graph step, so a replay may reuse the
+    memory of the last pass's outputs. torch.compile is recorded here, not run: CUDA
+    graphs need a GPU (tests/test_gpu.py trains with them there)."""
+    compiled, marks = [], []
+    monkeypatch.setattr(
+        torch.nn.Module, "compile", lambda self, **kw: compiled.append((type(self), kw))
+    )
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    cfg = config(
+        steps=3, warmup_steps=1, batch_size_per_device=4, grad_accumulation=2,
+        compile="inductor", compile_mode="reduce-overhead",
+    )  # fmt: skip
+    assert cfg.cudagraphs and "compile_mode" not in cfg.training_dict()
+    pretrain(cfg, world["model"], {"demo": world["shards"]}, tmp_path / "run", None)
+    assert [kw for _, kw in compiled] == [
+        {"backend": "inductor", "mode": "reduce-overhead", "dynamic": False}
+    ] * 2  # MoCo's query and key encoders
+    assert len(marks) == 3 * 2  # steps x micro-batches
+
+
+def test_key_encoder_half_weights_is_a_bookkeeping_switch(world):
+    from transformers import AutoModel
+
+    from contriever_repro.training.loop import build_objective
+
+    model = AutoModel.from_pretrained(world["model"])
+    assert build_objective(config(), model).key_half_weights is not None
+    off = config(key_encoder_half_weights=False)
+    assert build_objective(off, model).key_half_weights is None
+    assert off.training_dict() == config().training_dict()  # a run may resume with either
+
+
+def test_compile_mode_is_checked_against_inductor():
+    from torch._inductor import list_mode_options
+
+    from contriever_repro.training.config import COMPILE_MODES, CUDAGRAPH_MODES
+
+    assert set(COMPILE_MODES) <= set(list_mode_options())
+    assert all(list_mode_options(m).get("triton.cudagraphs") for m in CUDAGRAPH_MODES)
+    assert not config(compile="inductor", compile_mode="max-autotune-no-cudagraphs").cudagraphs
+    with pytest.raises(InputError, match=r"demo\.compile_mode: must be one of"):
+        config(compile="inductor", compile_mode="turbo")
+    with pytest.raises(InputError, match=r"demo\.compile_mode: .*needs compile: inductor"):
+        config(compile="eager", compile_mode="reduce-overhead")
+
+
 def test_views_are_padded_to_multiples_of_8_within_the_chunk(world):
     from contriever_repro.training.loop import build_sampler, build_views, open_sources
 

@@ -45,8 +45,14 @@ BOOKKEEPING = frozenset(
         "flush_denormal",
         "pad_multiple",
         "compile",
+        "compile_mode",
+        "key_encoder_half_weights",
     }
 )
+# torch.compile modes of inductor (torch._inductor.list_mode_options), and those of them
+# that capture CUDA graphs: a run in one of those marks each forward as a new step.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,10 @@ class TrainingRun:
     # torch.compile backend for the encoders' forward (engine.compile_encoders): null
     # (eager) or e.g. "inductor". Compiled kernels change only float rounding.
     compile: str | None = None
+    # with compile: inductor, its mode (COMPILE_MODES): "reduce-overhead" replays each
+    # padded width's kernels as one CUDA graph (a few widths with pad_multiple 32), for
+    # steps bound by kernel launches; null is inductor's default.
+    compile_mode: str | None = None
     # bookkeeping
     log_every: int = 100
     checkpoint_every: int = 500
@@ -111,6 +121,12 @@ class TrainingRun:
         """Sequences per optimiser step over all ranks and accumulation steps."""
         world = self.world_size if world_size is None else world_size
         return self.batch_size_per_device * world * self.grad_accumulation
+
+    @property
+    def cudagraphs(self) -> bool:
+        """Whether the compiled encoders replay CUDA graphs (their outputs live until
+        the next step is marked)."""
+        return self.compile == "cudagraphs" or self.compile_mode in CUDAGRAPH_MODES
 
     def training_dict(self) -> dict:
         """Everything that changes the trained weights: the identity a resume checks
@@ -141,6 +157,10 @@ class PretrainConfig(TrainingRun):
     queue_size: int = 131072
     momentum: float = 0.9995
     key_encoder_train_mode: bool = True
+    # Under bf16/fp16 autocast the key encoder runs on half copies of its Linear weights
+    # (contrastive.HalfLinearWeights): bitwise the same keys, without autocast's per-layer
+    # weight casts. The fp32 weights stay the momentum update's master.
+    key_encoder_half_weights: bool = True
 
     # ------------------------------------------------------------------ construction
 
@@ -458,6 +478,11 @@ def _check_common(cfg, where: str, positive: tuple[str, ...], unit: tuple[str, .
         raise bad("warmup_steps", f"must be smaller than steps ({cfg.steps})")
     if cfg.max_grad_norm is not None and cfg.max_grad_norm <= 0:
         raise bad("max_grad_norm", "must be > 0 or null")
+    if cfg.compile_mode is not None:
+        if cfg.compile_mode not in COMPILE_MODES:
+            raise bad("compile_mode", f"must be one of {list(COMPILE_MODES)} or null")
+        if cfg.compile != "inductor":
+            raise bad("compile_mode", "is a mode of inductor: it needs compile: inductor")
 
 
 def _check_type(where: str, key: str, value: Any, annotation: str) -> None:

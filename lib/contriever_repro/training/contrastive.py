@@ -156,12 +156,66 @@ def _batch_std(emb: torch.Tensor) -> torch.Tensor:
     return emb.detach().float().std(dim=0).mean()
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast computes in on `device`'s type, or None where it is off."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
+
+
+class HalfLinearWeights:
+    """Half-precision copies of a frozen module's nn.Linear weights and biases, for
+    forwards under autocast.
+
+    Autocast casts a Linear's fp32 weight and bias to half on every call, and a frozen
+    parameter's cast is not cached: two kernels per layer per forward (144 for a
+    BERT-base). These copies are what those casts would give, refreshed by one foreach
+    copy per forward, so a forward that swaps them in computes exactly what autocast
+    over the fp32 weights computes. The fp32 weights stay the master: MoCo's momentum
+    update, 0.0005 of a difference, is below bf16's resolution. Only parameters that
+    belong to one Linear are copied (a weight tied to an embedding is left alone).
+    """
+
+    def __init__(self, module: nn.Module):
+        owners: dict[int, int] = {}
+        for _, p in module.named_parameters(remove_duplicate=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+        self.module = module
+        self.names = [
+            f"{prefix}.{name}" if prefix else name
+            for prefix, sub in module.named_modules()
+            if isinstance(sub, nn.Linear)
+            for name, p in sub.named_parameters(recurse=False)
+            if owners[id(p)] == 1
+        ]
+        self.sources: list[torch.Tensor] = []
+        self.copies: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def refreshed(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """name → half copy, equal to the current fp32 weights cast to `dtype`."""
+        if not self.names:
+            return {}
+        # Re-read the parameters if the module was given new ones (a conversion that
+        # replaces them); then re-allocate on a new device or dtype.
+        if not self.sources or self.module.get_parameter(self.names[0]) is not self.sources[0]:
+            self.sources = [self.module.get_parameter(n) for n in self.names]
+            self.copies = []
+        first = self.copies[0] if self.copies else None
+        if first is None or first.dtype != dtype or first.device != self.sources[0].device:
+            self.copies = [torch.empty_like(p, dtype=dtype) for p in self.sources]
+        torch._foreach_copy_(self.copies, self.sources)
+        return dict(zip(self.names, self.copies, strict=True))
+
+
 class MoCo(nn.Module):
     """MoCo pre-training: query encoder trained, momentum key encoder, queue of past keys.
 
     Defaults are the English Contriever run (queue 131072, m 0.9995, τ 0.05; spec §5.4).
     Only the queue supplies negatives (the step's other keys do not), and the loss is
-    one-directional, query → key, as in the reference.
+    one-directional, query → key, as in the reference. Under autocast the key encoder
+    runs on half copies of its Linear weights (HalfLinearWeights: the same keys, fewer
+    kernels) unless `key_half_weights` is off.
     """
 
     def __init__(
@@ -175,6 +229,7 @@ class MoCo(nn.Module):
         label_smoothing: float = 0.0,
         key_encoder_train_mode: bool = True,
         global_batch: int | None = None,
+        key_half_weights: bool = True,
     ):
         super().__init__()
         if queue_size <= 0:
@@ -197,6 +252,8 @@ class MoCo(nn.Module):
         self.encoder_k = copy.deepcopy(encoder)
         for p in self.encoder_k.parameters():
             p.requires_grad_(False)
+        # A plain attribute: the copies are neither parameters nor checkpointed.
+        self.key_half_weights = HalfLinearWeights(self.encoder_k) if key_half_weights else None
 
         queue = F.normalize(torch.randn(encoder.dim, self.queue_size), dim=0)
         self.register_buffer("queue", queue)
@@ -216,6 +273,21 @@ class MoCo(nn.Module):
         q_params = [p.detach() for p in self.encoder_q.parameters()]
         torch._foreach_mul_(k_params, self.momentum)
         torch._foreach_add_(k_params, q_params, alpha=1.0 - self.momentum)
+
+    @torch.no_grad()
+    def encode_keys(self, k_ids: torch.Tensor, k_mask: torch.Tensor) -> torch.Tensor:
+        """The key encoder's embeddings; under autocast through its half Linear weights."""
+        dtype = autocast_dtype(k_ids.device)
+        if self.key_half_weights is None or dtype is None:
+            return self.encoder_k(k_ids, k_mask, normalize=self.norm_doc)
+        return torch.func.functional_call(
+            self.encoder_k,
+            self.key_half_weights.refreshed(dtype),
+            (k_ids, k_mask),
+            {"normalize": self.norm_doc},
+            tie_weights=False,
+            strict=False,
+        )
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
@@ -254,7 +326,7 @@ class MoCo(nn.Module):
         with torch.no_grad():
             if update and momentum_step:
                 self.momentum_update()
-            k = self.encoder_k(k_ids, k_mask, normalize=self.norm_doc)
+            k = self.encode_keys(k_ids, k_mask)
 
         l_pos = (q * k).sum(dim=-1, keepdim=True)
         l_neg = q @ self.queue.clone().detach().to(q.dtype)

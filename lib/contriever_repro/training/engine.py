@@ -100,6 +100,10 @@ class TrainingConfig(Protocol):
     keep_every: int
     keep_last: int
     compile: str | None
+    compile_mode: str | None
+
+    @property
+    def cudagraphs(self) -> bool: ...
 
     def training_dict(self) -> dict: ...
 
@@ -246,13 +250,15 @@ def load_init_model(init: str | Path) -> torch.nn.Module:
 # --------------------------------------------------------------------------- precision
 
 
-def compile_encoders(model: torch.nn.Module, backend: str, where: str = "compile") -> int:
+def compile_encoders(
+    model: torch.nn.Module, backend: str, where: str = "compile", mode: str | None = None
+) -> int:
     """Compile the forward of every outermost Hugging Face model inside `model` (MoCo's
-    two encoders, in-batch's one, a cross-encoder) with `torch.compile(backend=...)`;
-    returns how many. `nn.Module.compile` keeps parameter names, so checkpoints and the
-    export are unchanged. Shapes are static: with pad_multiple 32 a 256-token chunk's
-    views take 5 widths, within dynamo's cache of 8 graphs per function. An unknown
-    backend is an InputError naming `where`.
+    two encoders, in-batch's one, a cross-encoder) with `torch.compile(backend=...,
+    mode=...)`; returns how many. `nn.Module.compile` keeps parameter names, so
+    checkpoints and the export are unchanged. Shapes are static: with pad_multiple 32 a
+    256-token chunk's views take 5 widths, within dynamo's cache of 8 graphs per
+    function. An unknown backend is an InputError naming `where`.
     """
     import torch._dynamo as dynamo
     from transformers import PreTrainedModel
@@ -267,7 +273,7 @@ def compile_encoders(model: torch.nn.Module, backend: str, where: str = "compile
         if isinstance(module, PreTrainedModel) and not any(
             module is sub for outer in done for sub in outer.modules()
         ):
-            module.compile(backend=backend, dynamic=False)
+            module.compile(backend=backend, mode=mode, dynamic=False)
             done.append(module)
     return len(done)
 
@@ -554,8 +560,13 @@ def run_steps(
     after a checkpoint when asked to stop."""
     model = trainee.model
     if cfg.compile:
-        n = compile_encoders(model, cfg.compile, where=f"{cfg.name}.compile")
-        log.info("compiled %d encoder(s) with torch.compile(backend=%r)", n, cfg.compile)
+        n = compile_encoders(model, cfg.compile, f"{cfg.name}.compile", cfg.compile_mode)
+        log.info(
+            "compiled %d encoder(s) with torch.compile(backend=%r, mode=%r)",
+            n,
+            cfg.compile,
+            cfg.compile_mode,
+        )
     wrapped = model
     if env.world_size > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(
@@ -615,6 +626,9 @@ def run_steps(
             t1 = time.perf_counter()
             last = a == accum - 1
             no_sync = wrapped.no_sync() if env.world_size > 1 and not last else None
+            if cfg.cudagraphs:
+                # The last pass's outputs are dead: its graphs' memory may be reused.
+                torch.compiler.cudagraph_mark_step_begin()
             with no_sync or contextlib.nullcontext():
                 with autocast(cfg.precision, env.device):
                     loss, stats = wrapped(*tensors, **trainee.forward_kwargs(a))

@@ -138,6 +138,7 @@ def build_objective(cfg: PretrainConfig, model: torch.nn.Module) -> torch.nn.Mod
             norm_doc=cfg.norm_doc,
             label_smoothing=cfg.label_smoothing,
             key_encoder_train_mode=cfg.key_encoder_train_mode,
+            key_half_weights=cfg.key_encoder_half_weights,
         )
     return InBatch(
         encoder,
