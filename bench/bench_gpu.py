@@ -21,7 +21,8 @@ peaks, allocator caches, SDPA switches and TF32 modes never leak between variant
   on its fp32 weights (autocast's casts), padded to multiples of 32, compiled by
   inductor (plain, and replaying CUDA graphs), and with synchronised timers for the
   forward/backward split (once); each `--repeats` times. Step time, parts, seq/s,
-  tokens/s, peak memory, loss curve, MFU.
+  tokens/s, peak memory, loss curve, MFU. A compiled variant's window leaves out the
+  steps that first meet a padded width (they compile; their times are reported apart).
 * search: torch_topk on the device against FAISS IndexFlatIP on CPU when faiss is
   importable, and always against an exact float64 numpy top-k on a subset of queries.
 
@@ -44,6 +45,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -516,14 +518,12 @@ def _batches(cfg, setup: dict):
     )
 
 
-def step_flops(cfg, setup: dict, first: int, last: int) -> dict:
-    """Real and padded tokens and model FLOPs per step over batches [first, last),
-    rebuilt exactly (batch b is a pure function of the seed)."""
-    batches = _batches(cfg, setup)
-    dims = _flops_args(setup["dims"])
+def step_flops(batches, steps: list[int], dims: dict) -> dict:
+    """Real and padded tokens and model FLOPs per step over the given (1-based) steps,
+    rebuilt exactly: step s trains on batch s - 1, a pure function of the seed."""
     real = padded = flops = executed = 0
-    for b in range(first, last):
-        batch = batches.batch(b)
+    for step in steps:
+        batch = batches.batch(step - 1)
         q = batch["q_attention_mask"].sum(1).tolist()
         k = batch["k_attention_mask"].sum(1).tolist()
         wq, wk = batch["q_input_ids"].shape, batch["k_input_ids"].shape
@@ -531,13 +531,31 @@ def step_flops(cfg, setup: dict, first: int, last: int) -> dict:
         padded += wq[0] * wq[1] + wk[0] * wk[1]
         flops += moco_step_flops(q, k, **dims)
         executed += moco_step_flops([wq[1]] * wq[0], [wk[1]] * wk[0], **dims)
-    n = last - first
+    n = len(steps)
     return {
         "real_tokens_per_step": real / n,
         "padded_tokens_per_step": padded / n,
         "model_flops_per_step": flops / n,
         "executed_flops_per_step": executed / n,
     }
+
+
+def new_width_steps(batches, total: int) -> list[int]:
+    """The (1-based) steps whose query or key views come padded to a width no earlier
+    step had. Compiled encoders have static shapes: each such step compiles new graphs
+    (the query encoder's forward and backward, the key encoder's forward), a cost a long
+    run pays once per width, so a compiled variant's measured window leaves them out."""
+    seen_q: set[int] = set()
+    seen_k: set[int] = set()
+    steps = []
+    for step in range(1, total + 1):
+        batch = batches.batch(step - 1)
+        wq, wk = batch["q_input_ids"].shape[1], batch["k_input_ids"].shape[1]
+        if wq not in seen_q or wk not in seen_k:
+            steps.append(step)
+        seen_q.add(wq)
+        seen_k.add(wk)
+    return steps
 
 
 def _probe_attention(cfg, setup: dict, batch_index: int) -> list[str]:
@@ -561,16 +579,22 @@ def _probe_attention(cfg, setup: dict, batch_index: int) -> list[str]:
     return attention_ops(step)
 
 
-def summarise_steps(records: list[dict], warmup: int) -> dict:
-    """Per-step records (log_every 1) → the measured window's means and the curves."""
+def summarise_steps(records: list[dict], warmup: int, left_out: tuple[int, ...] = ()) -> dict:
+    """Per-step records (log_every 1) → the measured window's means and the curves. The
+    window is every step after `warmup` but those in `left_out` (a compiled variant's
+    steps that compile), whose times are kept apart."""
     recs = sorted((r for r in records if "step_s" in r), key=lambda r: r["step"])
-    window = [r for r in recs if r["step"] > warmup]
+    window = [r for r in recs if r["step"] > warmup and r["step"] not in left_out]
     if not window:
-        raise RuntimeError(f"no step after the {warmup} warm-up steps was logged")
+        raise RuntimeError(
+            f"no step after the {warmup} warm-up steps was logged"
+            + (f" outside the left-out steps {sorted(left_out)}" if left_out else "")
+        )
     n = len(window)
     seconds = sum(r["step_s"] for r in window)
     out = {
         "measured_steps": n,
+        "window_steps": [r["step"] for r in window],
         "step_s": seconds / n,
         "step_s_min": min(r["step_s"] for r in window),
         "step_s_max": max(r["step_s"] for r in window),
@@ -578,6 +602,10 @@ def summarise_steps(records: list[dict], warmup: int) -> dict:
         "tok_per_s": sum(r["tok_per_s"] * r["step_s"] for r in window) / seconds,
         "peak_mem_mib": max(r["peak_mem_mb"] for r in window),
         "warmup_step_s": [r["step_s"] for r in recs if r["step"] <= warmup],
+        "left_out_steps": [r["step"] for r in recs if r["step"] > warmup and r["step"] in left_out],
+        "left_out_step_s": [
+            r["step_s"] for r in recs if r["step"] > warmup and r["step"] in left_out
+        ],
         "step_s_curve": [r["step_s"] for r in recs],
         "loss_curve": [r["loss"] for r in recs],
         "accuracy_curve": [r["accuracy"] for r in recs],
@@ -624,8 +652,10 @@ def pretrain_worker(work: Path, variant: str, repeat: int) -> None:
         records = read_metrics(run_dir)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)  # checkpoints: GBs for BERT-base
-    out = summarise_steps(records, warmup)
-    out.update(step_flops(cfg, setup, warmup, total))
+    batches = _batches(cfg, setup)
+    compiling = tuple(new_width_steps(batches, total)) if setting.compile else ()
+    out = summarise_steps(records, warmup, compiling)
+    out.update(step_flops(batches, out["window_steps"], _flops_args(setup["dims"])))
     out.update(
         variant=variant,
         repeat=repeat,
@@ -1034,7 +1064,6 @@ def _peak(data: dict, precision: str) -> float | None:
 
 def summarise(data: dict, work: Path) -> dict:
     """The tables' numbers from the raw runs (recomputed after every variant)."""
-    import statistics
 
     setup_path = work / "setup.json"
     setup = json.loads(setup_path.read_text()) if setup_path.exists() else {}
@@ -1087,6 +1116,9 @@ def summarise(data: dict, work: Path) -> dict:
                 model_flops_per_step=good[0]["model_flops_per_step"],
                 real_tokens_per_step=good[0]["real_tokens_per_step"],
                 padded_tokens_per_step=good[0]["padded_tokens_per_step"],
+                measured_steps=[r.get("measured_steps") for r in good],
+                left_out_steps=[r.get("left_out_steps", []) for r in good],
+                left_out_step_s=[s for r in good for s in r.get("left_out_step_s", [])],
             )
             for key in (
                 "data_s",
@@ -1376,6 +1408,21 @@ def report(data: dict) -> str:
                 f"{r['tflops']:.3g} | {_f(r['mfu'] and 100 * r['mfu'], '.1f')}% | "
                 f"{_f(r.get('vs_tf32'))}x | {_ops(r.get('attention_ops'))} | {before} |"
             )
+        compiled = [r for r in summ["pretrain"] if r["runs"] and r.get("left_out_step_s")]
+        if compiled:
+            lines += [
+                "",
+                "Compiled variants (static shapes) leave out of their window the steps that "
+                "first meet a padded width: each compiles new graphs, once per width in a "
+                "long run. "
+                + "; ".join(
+                    f"{r['variant']}: {len(r['left_out_step_s'])} step(s) left out over "
+                    f"{r['runs']} run(s), {statistics.mean(r['left_out_step_s']):.2f} s each, "
+                    f"{sum(r['left_out_step_s']):.1f} s in all"
+                    for r in compiled
+                )
+                + ".",
+            ]
         c = summ.get("comparisons", {})
         lines += [
             "",

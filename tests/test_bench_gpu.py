@@ -93,6 +93,58 @@ def test_bert_forward_flops_equal_torchs_count_of_a_real_bert(bench_gpu):
     assert counter.get_total_flops() == 3 * bench_gpu.bert_forward_flops(11, 2, 16, 40)
 
 
+class _Widths:
+    """Batches of given (query width, key width) per step, as PretrainBatches gives."""
+
+    def __init__(self, widths):
+        self.widths = widths
+
+    def batch(self, b):
+        wq, wk = self.widths[b]
+        return {
+            "q_input_ids": np.zeros((2, wq)),
+            "k_input_ids": np.zeros((2, wk)),
+            "q_attention_mask": np.ones((2, wq), dtype=int),
+            "k_attention_mask": np.ones((2, wk), dtype=int),
+        }
+
+
+def test_compiling_steps_are_those_that_first_meet_a_query_or_key_width(bench_gpu):
+    batches = _Widths([(32, 64), (64, 32), (32, 64), (64, 64), (96, 32), (32, 32)])
+    # Query and key encoders compile apart: step 2's query width 64 is new even though
+    # step 1's key views had it.
+    assert bench_gpu.new_width_steps(batches, 6) == [1, 2, 5]
+    assert bench_gpu.new_width_steps(batches, 3) == [1, 2]
+
+
+def test_step_summary_leaves_the_compiling_steps_out_and_keeps_their_times(bench_gpu):
+    records = [
+        {
+            "step": step,
+            "step_s": seconds,
+            "seq_per_s": 10.0,
+            "tok_per_s": 100.0,
+            "peak_mem_mb": 1.0,
+            "loss": 1.0,
+            "accuracy": 0.5,
+            **{f"{part}_s": 0.0 for part in ("data", "forward", "backward", "optimizer")},
+        }
+        for step, seconds in enumerate([9.0, 1.0, 8.0, 1.0, 3.0, 7.0], start=1)
+    ]
+    out = bench_gpu.summarise_steps(records, warmup=2, left_out=(3, 6))
+    assert out["window_steps"] == [4, 5]
+    assert out["step_s"] == 2.0 and out["step_s_max"] == 3.0
+    assert out["left_out_steps"] == [3, 6] and out["left_out_step_s"] == [8.0, 7.0]
+    assert len(out["step_s_curve"]) == 6  # the curves keep every step
+    assert bench_gpu.summarise_steps(records, warmup=2)["step_s"] == 19.0 / 4
+    with pytest.raises(RuntimeError, match="left-out steps"):
+        bench_gpu.summarise_steps(records, warmup=4, left_out=(5, 6))
+    flops = bench_gpu.step_flops(
+        _Widths([(8, 8)] * 6), [4, 5], {"layers": 2, "hidden": 4, "intermediate": 8}
+    )
+    assert flops["real_tokens_per_step"] == 32 and flops["padded_tokens_per_step"] == 32
+
+
 def test_float64_reference_topk_and_comparison(bench_gpu):
     rng = np.random.default_rng(1)
     docs = rng.standard_normal((1000, 16), dtype=np.float32)
