@@ -934,31 +934,44 @@ class Bench:
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
-    def _estimate(self, section: str) -> tuple[float, str]:
-        """How long a variant of `section` may take: its longest so far, or before
-        the first the longest of any section (a variant starting with less time left
-        would only be killed)."""
-        for where in (section, None):
-            sections = [where] if where else ["device", *SECTIONS]
-            walls = [r["wall_s"] for s in sections for r in self._finished(s) if "wall_s" in r]
+    def _estimate(self, section: str, name: str) -> tuple[float, str]:
+        """How long variant `name` of `section` may take: its own longest run so far,
+        else the longest of its section's variants that compile as it does (inductor's
+        code generation must not make eager variants look too long to fit, nor the
+        reverse), else of its section, else of any section (a variant starting with
+        less time left would only be killed)."""
+        compiles = _compiles(section, name)
+        pools = [
+            (f"{name} took", lambda s, n: s == section and n == name),
+            (
+                f"a {section} variant{' that compiles' if compiles else ''} took",
+                lambda s, n: s == section and _compiles(s, n) == compiles,
+            ),
+            (f"a {section} variant took", lambda s, n: s == section),
+            ("a previous variant took", lambda s, n: True),
+        ]
+        for basis, chosen in pools:
+            walls = [r["wall_s"] for s, n, r in self._finished() if chosen(s, n) and "wall_s" in r]
             if walls:
-                return max(walls), f"a {where or 'previous'} variant took {max(walls):.0f} s"
+                return max(walls), f"{basis} {max(walls):.0f} s"
         return 0.0, "nothing measured yet"
 
-    def _finished(self, section: str) -> list[dict]:
-        if section == "device":
-            return [self.data["device"]] if self.data["device"] else []
-        if section == "search":
-            return [self.data["search"]["run"]] if self.data["search"]["run"] else []
-        runs = self.data[section]["runs"].values()
-        return [r for v in runs for r in (v if isinstance(v, list) else [v])]
+    def _finished(self) -> list[tuple[str, str, dict]]:
+        """(section, variant, result) of every run so far."""
+        done = [("device", "device", self.data["device"])] if self.data["device"] else []
+        if self.data["search"]["run"]:
+            done.append(("search", "search", self.data["search"]["run"]))
+        for section in ("encode", "pretrain"):
+            for name, runs in self.data[section]["runs"].items():
+                done += [(section, name, r) for r in (runs if isinstance(runs, list) else [runs])]
+        return done
 
     def run(self, section: str, name: str, worker: list[str], repeat: int | None = None) -> dict:
         label = name if repeat is None else f"{name} #{repeat}"
         timeout = None
         if self.budget is not None:
             left = self.budget - self.elapsed()
-            need, basis = self._estimate(section)
+            need, basis = self._estimate(section, name)
             if left <= max(need, 1.0):
                 why = f"time budget: {max(left, 0):.0f} s left, {basis}"
                 result = {"status": "skipped", "reason": why}
@@ -997,6 +1010,10 @@ class Bench:
         out = self.args.out
         write_text(json.dumps(self.data, indent=2, default=str) + "\n", out / "bench_gpu.json")
         write_text(report(self.data), out / "bench_gpu.md")
+
+
+def _compiles(section: str, name: str) -> bool:
+    return section == "pretrain" and bool(PRETRAIN_VARIANTS[name].compile)
 
 
 def _plan(args, device: str, sections: list[str]) -> list[tuple]:

@@ -145,6 +145,26 @@ def test_step_summary_leaves_the_compiling_steps_out_and_keeps_their_times(bench
     assert flops["real_tokens_per_step"] == 32 and flops["padded_tokens_per_step"] == 32
 
 
+def test_time_estimates_keep_compiled_and_eager_variants_apart(bench_gpu):
+    """A budget check must not skip 30-s eager steps because inductor took minutes
+    once, nor start a compiled variant on an eager variant's time."""
+    bench = object.__new__(bench_gpu.Bench)
+    bench.data = {
+        "device": {"wall_s": 5.0},
+        "encode": {"runs": {"ours-fp32": {"wall_s": 40.0}}},
+        "pretrain": {"runs": {"tf32": [{"wall_s": 20.0}], "bf16-cudagraphs": [{"wall_s": 200.0}]}},
+        "search": {"run": None},
+    }
+    assert bench._estimate("pretrain", "tf32")[0] == 20.0  # its own run
+    assert bench._estimate("pretrain", "fp16") == (20.0, "a pretrain variant took 20 s")
+    need, basis = bench._estimate("pretrain", "bf16-compile")
+    assert need == 200.0 and "that compiles" in basis
+    assert bench._estimate("encode", "st-fp32")[0] == 40.0
+    assert bench._estimate("search", "search")[0] == 200.0  # the longest of any section
+    del bench.data["pretrain"]["runs"]["tf32"]
+    assert bench._estimate("pretrain", "fp16")[0] == 200.0  # nothing eager yet
+
+
 def test_float64_reference_topk_and_comparison(bench_gpu):
     rng = np.random.default_rng(1)
     docs = rng.standard_normal((1000, 16), dtype=np.float32)
