@@ -1017,9 +1017,9 @@ def _compiles(section: str, name: str) -> bool:
 
 
 def _plan(args, device: str, sections: list[str]) -> list[tuple]:
-    """(section, name, worker args, repeat): device first, then encode, the first round
-    of pre-training, search, and the further pre-training rounds, so that a budget
-    that runs out still leaves one measurement of everything."""
+    """(section, name, worker args, repeat): device first, then encode, search (short),
+    the first round of pre-training, and the further pre-training rounds, so that a
+    budget that runs out still leaves one measurement of everything that fits."""
     cuda = device.startswith("cuda")
     plan = [("device", "device", ["--worker", "device"], None)]
     if "encode" in sections:
@@ -1027,6 +1027,8 @@ def _plan(args, device: str, sections: list[str]) -> list[tuple]:
             for impl in ("ours", "st"):
                 v = f"{impl}-{p}"
                 plan.append(("encode", v, ["--worker", "encode", "--variant", v], None))
+    if "search" in sections:
+        plan.append(("search", "search", ["--worker", "search"], None))
     later = []
     if "pretrain" in sections:
         names = _list(args.pretrain_variants) or default_pretrain_variants(device, args.quick)
@@ -1036,8 +1038,6 @@ def _plan(args, device: str, sections: list[str]) -> list[tuple]:
                     continue  # the synchronised run is for its split, once
                 worker = ["--worker", "pretrain", "--variant", v, "--repeat", str(r)]
                 (plan if r == 1 else later).append(("pretrain", v, worker, r))
-    if "search" in sections:
-        plan.append(("search", "search", ["--worker", "search"], None))
     return plan + later
 
 

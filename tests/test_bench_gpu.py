@@ -165,6 +165,26 @@ def test_time_estimates_keep_compiled_and_eager_variants_apart(bench_gpu):
     assert bench._estimate("pretrain", "fp16")[0] == 200.0  # nothing eager yet
 
 
+def test_plan_measures_everything_once_before_any_repeat(bench_gpu):
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(precisions=None, pretrain_variants=None, quick=False, repeats=2)
+    plan = bench_gpu._plan(args, "cuda", ["encode", "pretrain", "search"])
+    names = [(section, name, repeat) for section, name, _, repeat in plan]
+    variants = list(bench_gpu.PRETRAIN_VARIANTS)
+    assert names[0] == ("device", "device", None)
+    assert [n for s, n, _ in names if s == "encode"] == [
+        f"{impl}-{p}" for p in ("fp32", "fp16", "bf16") for impl in ("ours", "st")
+    ]
+    first = names.index(("pretrain", variants[0], 1))
+    assert names[first - 1] == ("search", "search", None)  # short: before training
+    assert names[first : first + len(variants)] == [("pretrain", v, 1) for v in variants]
+    assert names[first + len(variants) :] == [
+        ("pretrain", v, 2) for v in variants if not bench_gpu.PRETRAIN_VARIANTS[v].sync
+    ]
+    assert variants[:3] == ["tf32", "bf16", "bf16-cudagraphs"]  # what the targets compare
+
+
 def test_float64_reference_topk_and_comparison(bench_gpu):
     rng = np.random.default_rng(1)
     docs = rng.standard_normal((1000, 16), dtype=np.float32)
