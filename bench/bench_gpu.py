@@ -1081,7 +1081,6 @@ def _peak(data: dict, precision: str) -> float | None:
 
 def summarise(data: dict, work: Path) -> dict:
     """The tables' numbers from the raw runs (recomputed after every variant)."""
-
     setup_path = work / "setup.json"
     setup = json.loads(setup_path.read_text()) if setup_path.exists() else {}
     out = {"encode": [], "pretrain": [], "search": None, "comparisons": {}}
