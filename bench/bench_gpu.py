@@ -53,6 +53,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from bench_common import PAPER_PRETRAINING as PAPER
 from bench_common import cpu_name as _cpu_name
 from bench_common import (
     emit_result,
@@ -133,9 +134,9 @@ FULL = {
     "max_length": 512,
     "batch_size": 128,
     "model_dims": {"layers": 12, "hidden": 768, "heads": 12, "intermediate": 3072},
-    "pretrain_batch": 64,
-    "queue": 131072,
-    "chunk": 256,
+    "pretrain_batch": PAPER["per_gpu_batch"],
+    "queue": PAPER["queue"],
+    "chunk": PAPER["chunk_length"],
     "warmup_steps": 5,
     "steps": 20,
     "search_docs": 1_000_000,
@@ -475,10 +476,10 @@ def pretrain_config(setup: dict, variant: Variant):
         "objective": "moco",
         "queue_size": s["queue"],
         "chunk_length": s["chunk"],
-        "ratio_min": 0.05,
-        "ratio_max": 0.5,
+        "ratio_min": PAPER["ratio_min"],
+        "ratio_max": PAPER["ratio_max"],
         "augmentation": "delete",
-        "augmentation_prob": 0.1,
+        "augmentation_prob": PAPER["delete_p"],
         "batch_size_per_device": s["pretrain_batch"],
         "precision": variant.precision,
         "pad_multiple": variant.pad_multiple,
@@ -1115,6 +1116,7 @@ def summarise(data: dict, work: Path) -> dict:
         row["ours_vs_st"] = ours["docs_per_s"] / st["docs_per_s"] if ok else None
         out["encode"].append(row)
 
+    paper_recipe = _paper_recipe(data["meta"])
     for name, reps in data["pretrain"]["runs"].items():
         good = [r for r in reps if r.get("status") == "ok"]
         row = {"variant": name, "runs": len(good), "statuses": [r.get("status") for r in reps]}
@@ -1150,6 +1152,8 @@ def summarise(data: dict, work: Path) -> dict:
             peak = _peak(data, row["precision"])
             row["peak_tflops"] = peak
             row["mfu"] = row["tflops"] / peak if peak else None
+            if paper_recipe:
+                row.update(paper_run(row["step_s"]))
         out["pretrain"].append(row)
     rows = {r["variant"]: r for r in out["pretrain"] if r["runs"]}
     if "tf32" in rows:
@@ -1290,6 +1294,28 @@ def _f(x, fmt: str = ".2f", none: str = "-") -> str:
     return none if x is None else format(x, fmt)
 
 
+def _paper_recipe(meta: dict) -> bool:
+    """Whether the pre-training variants ran one GPU's share of the paper's step: its
+    per-GPU batch, queue and chunks on a BERT-base."""
+    sizes = meta.get("sizes") or {}
+    dims = (meta.get("setup") or {}).get("dims") or {}
+    return (
+        sizes.get("pretrain_batch") == PAPER["per_gpu_batch"]
+        and sizes.get("queue") == PAPER["queue"]
+        and sizes.get("chunk") == PAPER["chunk_length"]
+        and all(dims.get(k) == v for k, v in FULL["model_dims"].items())
+    )
+
+
+def paper_run(step_s: float) -> dict:
+    """The paper's 500k steps on 32 GPUs at a measured one-GPU step: GPU-hours and
+    days of wall time, gradient all-reduce across GPUs left out."""
+    return {
+        "paper_gpu_hours": PAPER["steps"] * PAPER["gpus"] * step_s / 3600,
+        "paper_wall_days": PAPER["steps"] * step_s / 86400,
+    }
+
+
 def _issue_sizes(meta: dict) -> bool:
     """Whether this run has issue 12's sizes (SciFact's 5183 passages, BERT-base, the
     recipe), so that its measurements before the changes compare."""
@@ -1396,25 +1422,29 @@ def report(data: dict) -> str:
         lines += [
             "",
             f"## Pre-training (MoCo, batch {s['pretrain_batch']}, queue {s['queue']}, "
-            f"{s['chunk']}-token chunks, crop 0.05-0.5 + delete 0.1)",
+            f"{s['chunk']}-token chunks, crop {PAPER['ratio_min']}-{PAPER['ratio_max']} + "
+            f"delete {PAPER['delete_p']})",
             "",
             f"Mean of the last {s['steps']} of {s['steps'] + s['warmup_steps']} steps per run; "
             "step: mean over runs (min-max of the run means). Parts are per step; only the "
             "synchronised run (bf16-sync) splits GPU time between forward and backward, the "
             "others time kernel launches there. MFU: model FLOPs on real tokens (query encoder "
-            "3x forward + key encoder 1x) / step / the GEMM peak of the precision.",
+            "3x forward + key encoder 1x) / step / the GEMM peak of the precision. Paper's "
+            f"run: {PAPER['steps']:,} steps on {PAPER['gpus']} GPUs at the measured step "
+            "(one GPU's share of the paper's step; gradient all-reduce left out), where the "
+            "sizes are the paper's.",
             "",
             "| variant | runs | step s (min-max) | data | forward | backward | optimizer "
             "| seq/s | tok/s | peak MiB | TFLOP/s | MFU | vs TF32 | attention "
-            "| issue 12 before s |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+            "| issue 12 before s | paper's run GPU-h |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
         ]
         for r in summ["pretrain"]:
             before = ISSUE_BASELINE["pretrain"].get(r["variant"], "-")
             before = before if _issue_sizes(meta) else "-"
             if not r["runs"]:
                 status = ", ".join(r["statuses"])
-                lines.append(f"| {r['variant']} | 0 | {status} |" + " |" * 11 + f" {before} |")
+                lines.append(f"| {r['variant']} | 0 | {status} |" + " |" * 11 + f" {before} | |")
                 continue
             lines.append(
                 f"| {r['variant']} | {r['runs']} | {r['step_s']:.3f} "
@@ -1422,7 +1452,8 @@ def report(data: dict) -> str:
                 f"{r['forward_s']:.3f} | {r['backward_s']:.3f} | {r['optimizer_s']:.3f} | "
                 f"{r['seq_per_s']:.0f} | {r['tok_per_s']:.0f} | {r['peak_mem_mib']:.0f} | "
                 f"{r['tflops']:.3g} | {_f(r['mfu'] and 100 * r['mfu'], '.1f')}% | "
-                f"{_f(r.get('vs_tf32'))}x | {_ops(r.get('attention_ops'))} | {before} |"
+                f"{_f(r.get('vs_tf32'))}x | {_ops(r.get('attention_ops'))} | {before} | "
+                f"{_f(r.get('paper_gpu_hours'), ',.0f')} |"
             )
         compiled = [r for r in summ["pretrain"] if r["runs"] and r.get("left_out_step_s")]
         if compiled:

@@ -34,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_common import PAPER_PRETRAINING as PAPER
 from bench_common import cpu_name as _cpu_name
 from bench_common import emit_result, gemm_flop_per_s, minilm_path, peak_rss_mib, run_variant
 
@@ -59,18 +60,7 @@ VARIANTS = {  # name: (model, precision, num_workers, flush denormals to zero)
 }
 PARTS = ("data", "forward", "backward", "optimizer")
 
-# The paper's run (Izacard et al. 2022, A.1; spec §5.4) and the GPU it is costed on.
-PAPER = {
-    "steps": 500_000,
-    "global_batch": 2048,  # 64 per GPU x 32 GPUs
-    "per_gpu_batch": 64,
-    "gpus": 32,
-    "chunk_length": 256,
-    "ratio_min": 0.05,
-    "ratio_max": 0.5,
-    "delete_p": 0.1,
-    "queue": 131072,
-}
+# The GPU the paper's run (bench_common.PAPER_PRETRAINING) is costed on.
 A100_PEAK = {  # dense TFLOP/s, A100 SXM datasheet
     "bf16": 312.0,
     "tf32": 156.0,

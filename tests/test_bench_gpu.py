@@ -185,6 +185,48 @@ def test_plan_measures_everything_once_before_any_repeat(bench_gpu):
     assert variants[:3] == ["tf32", "bf16", "bf16-cudagraphs"]  # what the targets compare
 
 
+def _pretrain_data(bench_gpu, sizes: dict, dims: dict, steps: dict) -> dict:
+    """A bench record with one good pre-training run per variant (seconds per step)."""
+    run = {
+        "status": "ok",
+        "precision": "tf32",
+        "sync_timing": False,
+        "peak_mem_mib": 1.0,
+        "model_flops_per_step": 1e12,
+        "real_tokens_per_step": 1.0,
+        "padded_tokens_per_step": 1.0,
+        "loss_curve": [1.0],
+        **{f"{p}_s": 0.0 for p in ("data", "forward", "backward", "optimizer", "other")},
+        "seq_per_s": 1.0,
+        "tok_per_s": 1.0,
+    }
+    return {
+        "meta": {"device": "cuda", "sizes": sizes, "setup": {"dims": dims}},
+        "device": {"gemm_tflops": {"tf32": 400.0}},
+        "encode": {"runs": {}},
+        "pretrain": {"runs": {v: [run | {"step_s": t}] for v, t in steps.items()}},
+        "search": {"run": None},
+        "skipped": [],
+    }
+
+
+def test_the_papers_run_is_costed_from_a_measured_step_at_the_papers_sizes(bench_gpu, tmp_path):
+    """500k steps x 32 GPUs at the one-GPU step, only where the bench ran the paper's
+    per-GPU share (64 views, queue 131072, 256-token chunks, BERT-base)."""
+    full = dict(bench_gpu.FULL)
+    data = _pretrain_data(bench_gpu, full, full["model_dims"], {"tf32": 0.054})
+    (row,) = bench_gpu.summarise(data, tmp_path)["pretrain"]
+    assert row["paper_gpu_hours"] == pytest.approx(500_000 * 32 * 0.054 / 3600)  # 240
+    assert row["paper_wall_days"] == pytest.approx(500_000 * 0.054 / 86400)
+    assert row["mfu"] == pytest.approx(1e12 / 0.054 / 1e12 / 400)
+    data["summary"] = {"pretrain": [row], "comparisons": {}}
+    data["meta"] |= {"versions": {}, "time_budget_s": None, "quick": False, "date": "today"}
+    assert "| 240 |" in bench_gpu.report(data)
+    quick = dict(bench_gpu.QUICK)
+    data = _pretrain_data(bench_gpu, quick, quick["model_dims"], {"tf32": 0.054})
+    assert "paper_gpu_hours" not in bench_gpu.summarise(data, tmp_path)["pretrain"][0]
+
+
 def test_float64_reference_topk_and_comparison(bench_gpu):
     rng = np.random.default_rng(1)
     docs = rng.standard_normal((1000, 16), dtype=np.float32)
