@@ -87,17 +87,18 @@ class Variant(NamedTuple):
     key_half_weights: bool = True  # the key encoder on half Linear weights under autocast
 
 
-# In the order they run: what the targets compare first, so that a time budget that
-# runs out leaves the most telling measurements.
+# In the order they run (after the repeats of REPEATED_FIRST): every precision, then the
+# compiled variants (minutes of code generation before their first step), then the
+# ablations, so that a time budget that runs out leaves the most telling measurements.
 PRETRAIN_VARIANTS = {
     "tf32": Variant("tf32"),
     "bf16": Variant("bf16"),
+    "fp16": Variant("fp16"),
+    "fp32": Variant("fp32"),
     "bf16-cudagraphs": Variant(
         "bf16", pad_multiple=32, compile="inductor", compile_mode="reduce-overhead"
     ),
     "bf16-compile": Variant("bf16", pad_multiple=32, compile="inductor"),
-    "fp16": Variant("fp16"),
-    "fp32": Variant("fp32"),
     "bf16-pad32": Variant("bf16", pad_multiple=32),
     "bf16-cudnn": Variant("bf16", backends=ALL_BACKENDS),
     "bf16-fp32key": Variant("bf16", key_half_weights=False),
@@ -105,6 +106,9 @@ PRETRAIN_VARIANTS = {
     # Synchronised timers split forward/backward but add a sync per phase: run once.
     "bf16-sync": Variant("bf16", sync=True),
 }
+# The pair the targets compare (bf16 vs TF32, stable across runs): all their repeats
+# run before any other variant.
+REPEATED_FIRST = ("tf32", "bf16")
 # The bf16 variants that are training settings a user can choose (the best one is
 # compared with TF32 beside the default one).
 BF16_SETTINGS = (
@@ -1019,8 +1023,9 @@ def _compiles(section: str, name: str) -> bool:
 
 def _plan(args, device: str, sections: list[str]) -> list[tuple]:
     """(section, name, worker args, repeat): device first, then encode, search (short),
-    the first round of pre-training, and the further pre-training rounds, so that a
-    budget that runs out still leaves one measurement of everything that fits."""
+    then pre-training: every repeat of REPEATED_FIRST, the first round of the others,
+    and their further rounds, so that a budget that runs out still leaves the targets'
+    measurements and one of everything that fits."""
     cuda = device.startswith("cuda")
     plan = [("device", "device", ["--worker", "device"], None)]
     if "encode" in sections:
@@ -1030,16 +1035,22 @@ def _plan(args, device: str, sections: list[str]) -> list[tuple]:
                 plan.append(("encode", v, ["--worker", "encode", "--variant", v], None))
     if "search" in sections:
         plan.append(("search", "search", ["--worker", "search"], None))
-    later = []
     if "pretrain" in sections:
         names = _list(args.pretrain_variants) or default_pretrain_variants(device, args.quick)
-        for r in range(1, args.repeats + 1):
-            for v in names:
-                if r > 1 and PRETRAIN_VARIANTS[v].sync:
-                    continue  # the synchronised run is for its split, once
-                worker = ["--worker", "pretrain", "--variant", v, "--repeat", str(r)]
-                (plan if r == 1 else later).append(("pretrain", v, worker, r))
-    return plan + later
+        runs = [
+            (v, r)
+            for r in range(1, args.repeats + 1)
+            for v in names
+            if r == 1 or not PRETRAIN_VARIANTS[v].sync  # the synchronised run: once
+        ]
+        first = [(v, r) for v, r in runs if v in REPEATED_FIRST]
+        runs = first + sorted(
+            (run for run in runs if run not in first), key=lambda run: run[1] > 1
+        )  # stable: the others' first round, then their further rounds
+        for v, r in runs:
+            worker = ["--worker", "pretrain", "--variant", v, "--repeat", str(r)]
+            plan.append(("pretrain", v, worker, r))
+    return plan
 
 
 def default_pretrain_variants(device: str, quick: bool) -> list[str]:

@@ -165,7 +165,7 @@ def test_time_estimates_keep_compiled_and_eager_variants_apart(bench_gpu):
     assert bench._estimate("pretrain", "fp16")[0] == 200.0  # nothing eager yet
 
 
-def test_plan_measures_everything_once_before_any_repeat(bench_gpu):
+def test_plan_repeats_the_targets_pair_then_runs_every_variant_once(bench_gpu):
     from types import SimpleNamespace
 
     args = SimpleNamespace(precisions=None, pretrain_variants=None, quick=False, repeats=2)
@@ -176,13 +176,17 @@ def test_plan_measures_everything_once_before_any_repeat(bench_gpu):
     assert [n for s, n, _ in names if s == "encode"] == [
         f"{impl}-{p}" for p in ("fp32", "fp16", "bf16") for impl in ("ours", "st")
     ]
-    first = names.index(("pretrain", variants[0], 1))
-    assert names[first - 1] == ("search", "search", None)  # short: before training
-    assert names[first : first + len(variants)] == [("pretrain", v, 1) for v in variants]
-    assert names[first + len(variants) :] == [
-        ("pretrain", v, 2) for v in variants if not bench_gpu.PRETRAIN_VARIANTS[v].sync
+    training = [(n, r) for s, n, r in names if s == "pretrain"]
+    assert names[-len(training) - 1] == ("search", "search", None)  # short: before training
+    # The targets' pair with its repeats, every other variant once, then their repeats.
+    assert training[:4] == [("tf32", 1), ("bf16", 1), ("tf32", 2), ("bf16", 2)]
+    others = [v for v in variants if v not in ("tf32", "bf16")]
+    assert training[4 : 4 + len(others)] == [(v, 1) for v in others]
+    assert training[4 + len(others) :] == [
+        (v, 2) for v in others if not bench_gpu.PRETRAIN_VARIANTS[v].sync
     ]
-    assert variants[:3] == ["tf32", "bf16", "bf16-cudagraphs"]  # what the targets compare
+    assert variants[:4] == ["tf32", "bf16", "fp16", "fp32"]  # every precision first
+    assert set(variants) == set(bench_gpu.default_pretrain_variants("cuda", quick=False))
 
 
 def _pretrain_data(bench_gpu, sizes: dict, dims: dict, steps: dict) -> dict:
