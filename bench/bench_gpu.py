@@ -1044,10 +1044,10 @@ def _plan(args, device: str, sections: list[str]) -> list[tuple]:
             if r == 1 or not PRETRAIN_VARIANTS[v].sync  # the synchronised run: once
         ]
         first = [(v, r) for v, r in runs if v in REPEATED_FIRST]
-        runs = first + sorted(
-            (run for run in runs if run not in first), key=lambda run: run[1] > 1
-        )  # stable: the others' first round, then their further rounds
-        for v, r in runs:
+        others = [(v, r) for v, r in runs if v not in REPEATED_FIRST]
+        once = [(v, r) for v, r in others if r == 1]
+        again = [(v, r) for v, r in others if r > 1]
+        for v, r in first + once + again:
             worker = ["--worker", "pretrain", "--variant", v, "--repeat", str(r)]
             plan.append(("pretrain", v, worker, r))
     return plan
