@@ -563,7 +563,7 @@ def new_width_steps(batches, total: int) -> list[int]:
     return steps
 
 
-def _probe_attention(cfg, setup: dict, batch_index: int) -> list[str]:
+def _probe_attention(cfg, setup: dict, batch: dict) -> list[str]:
     """Which SDPA kernel a training forward and backward of this variant runs (one
     query batch, the variant's precision and backends), outside the timed run."""
     import torch
@@ -571,7 +571,6 @@ def _probe_attention(cfg, setup: dict, batch_index: int) -> list[str]:
     from contriever_repro.training.engine import autocast, load_init_model
 
     device = torch.device(setup["device"])
-    batch = _batches(cfg, setup).batch(batch_index)
     model = load_init_model(setup["model"]).to(device).train()
     ids = batch["q_input_ids"].to(device)
     mask = batch["q_attention_mask"].to(device)
@@ -590,6 +589,7 @@ def summarise_steps(records: list[dict], warmup: int, left_out: tuple[int, ...] 
     steps that compile), whose times are kept apart."""
     recs = sorted((r for r in records if "step_s" in r), key=lambda r: r["step"])
     window = [r for r in recs if r["step"] > warmup and r["step"] not in left_out]
+    left = [r for r in recs if r["step"] > warmup and r["step"] in left_out]
     if not window:
         raise RuntimeError(
             f"no step after the {warmup} warm-up steps was logged"
@@ -607,10 +607,8 @@ def summarise_steps(records: list[dict], warmup: int, left_out: tuple[int, ...] 
         "tok_per_s": sum(r["tok_per_s"] * r["step_s"] for r in window) / seconds,
         "peak_mem_mib": max(r["peak_mem_mb"] for r in window),
         "warmup_step_s": [r["step_s"] for r in recs if r["step"] <= warmup],
-        "left_out_steps": [r["step"] for r in recs if r["step"] > warmup and r["step"] in left_out],
-        "left_out_step_s": [
-            r["step_s"] for r in recs if r["step"] > warmup and r["step"] in left_out
-        ],
+        "left_out_steps": [r["step"] for r in left],
+        "left_out_step_s": [r["step_s"] for r in left],
         "step_s_curve": [r["step_s"] for r in recs],
         "loss_curve": [r["loss"] for r in recs],
         "accuracy_curve": [r["accuracy"] for r in recs],
@@ -671,7 +669,7 @@ def pretrain_worker(work: Path, variant: str, repeat: int) -> None:
         key_half_weights=setting.key_half_weights,
         sync_timing=setting.sync,
         sdpa_backends_enabled=list(sdpa_backends()),
-        attention_ops=_probe_attention(cfg, setup, warmup),
+        attention_ops=_probe_attention(cfg, setup, batches.batch(warmup)),
         pretrain_call_s=wall,
         batch_size=cfg.batch_size_per_device,
         queue_size=cfg.queue_size,
@@ -1309,13 +1307,17 @@ def _paper_recipe(meta: dict) -> bool:
     """Whether the pre-training variants ran one GPU's share of the paper's step: its
     per-GPU batch, queue and chunks on a BERT-base."""
     sizes = meta.get("sizes") or {}
-    dims = (meta.get("setup") or {}).get("dims") or {}
     return (
         sizes.get("pretrain_batch") == PAPER["per_gpu_batch"]
         and sizes.get("queue") == PAPER["queue"]
         and sizes.get("chunk") == PAPER["chunk_length"]
-        and all(dims.get(k) == v for k, v in FULL["model_dims"].items())
+        and _bert_base(meta)
     )
+
+
+def _bert_base(meta: dict) -> bool:
+    dims = (meta.get("setup") or {}).get("dims") or {}
+    return all(dims.get(k) == v for k, v in FULL["model_dims"].items())
 
 
 def paper_run(step_s: float) -> dict:
@@ -1332,9 +1334,7 @@ def _issue_sizes(meta: dict) -> bool:
     recipe), so that its measurements before the changes compare."""
     sizes = meta.get("sizes") or {}
     same = all(sizes.get(k) == v for k, v in FULL.items() if k != "max_docs")
-    dims = (meta.get("setup") or {}).get("dims") or {}
-    base = all(dims.get(k) == v for k, v in FULL["model_dims"].items())
-    return same and base and (meta.get("setup") or {}).get("n_docs") == 5183
+    return same and _bert_base(meta) and (meta.get("setup") or {}).get("n_docs") == 5183
 
 
 def _ops(ops) -> str:
