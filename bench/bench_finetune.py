@@ -52,7 +52,12 @@ SCIFACT = ROOT.parent / "shared" / "data" / "beir" / "scifact"
 BATCH = 32
 QUERY_LEN, PASSAGE_LEN = 64, 256
 N_NEGATIVES = 1
-TRAIN_VARIANTS = {"adamw": "adamw", "asam": "asam"}  # name: optimizer
+# name: (optimizer, unpadded: the encoder on real tokens only, models/packing.py)
+TRAIN_VARIANTS = {
+    "adamw": ("adamw", False),
+    "asam": ("asam", False),
+    "adamw-unpadded": ("adamw", True),
+}
 VARIANTS = [*TRAIN_VARIANTS, "mining"]
 PARTS = ("data", "forward", "backward", "optimizer")
 MINING_DEPTH = 100  # FinetuneConfig.mining_depth: hits kept per query
@@ -100,7 +105,7 @@ def prepare(work: Path) -> dict:
 # --------------------------------------------------------------------------- fine-tuning
 
 
-def _config(optimizer: str, warmup: int, steps: int):
+def _config(optimizer: str, unpadded: bool, warmup: int, steps: int):
     from contriever_repro.training.config import FinetuneConfig
 
     return FinetuneConfig.from_dict(
@@ -109,6 +114,7 @@ def _config(optimizer: str, warmup: int, steps: int):
             "init": "minilm",
             "data": "scifact",
             "optimizer": optimizer,
+            "unpadded": unpadded,
             "n_negatives": N_NEGATIVES,
             "batch_size_per_device": BATCH,
             "max_query_length": QUERY_LEN,
@@ -141,6 +147,7 @@ def _padding(cfg, data, tokenizer, first: int, n: int) -> dict:
         max_query_length=cfg.max_query_length,
         max_passage_length=cfg.max_passage_length,
         pad_id=tokenizer.pad_token_id or 0,
+        pad_multiple=cfg.pad_multiple,  # as training.finetune builds them
     )
     real = padded = 0
     for b in range(first, first + n):
@@ -159,7 +166,7 @@ def train_worker(variant: str, data: dict, warmup: int, steps: int, threads: int
     from contriever_repro.training.finetune import finetune, load_training_data
     from contriever_repro.training.loop import flush_denormals
 
-    cfg = _config(TRAIN_VARIANTS[variant], warmup, steps)
+    cfg = _config(*TRAIN_VARIANTS[variant], warmup, steps)
     flush_denormals(cfg)  # as scripts/finetune.py: before the thread pool exists
     torch.set_num_threads(threads)
     train = load_training_data(cfg, data["corpus"], data["queries"], data["records"])
@@ -176,6 +183,7 @@ def train_worker(variant: str, data: dict, warmup: int, steps: int, threads: int
     result.update(
         variant=variant,
         optimizer=cfg.optimizer,
+        unpadded=cfg.unpadded,
         queries_per_s=BATCH / result["step_s"],
         batch_size=BATCH,
         n_negatives=N_NEGATIVES,
@@ -333,7 +341,8 @@ def estimate(results: list[dict]) -> dict:
         if r["variant"] not in TRAIN_VARIANTS:
             continue
         passes = 2 if r["optimizer"] == "asam" else 1
-        executed = passes * 6 * r["n_params_nonembed"] * r["padded_tokens_per_step"]
+        tokens = r["real_tokens_per_step"] if r.get("unpadded") else r["padded_tokens_per_step"]
+        executed = passes * 6 * r["n_params_nonembed"] * tokens
         useful = passes * 6 * r["n_params_nonembed"] * r["real_tokens_per_step"]
         checks.append(
             {
@@ -414,6 +423,17 @@ def report(results: list[dict], est: dict, args, wall: float, waited: float, dat
             f"{fb:.2f}x, optimiser {s['optimizer_s'] / a['optimizer_s']:.2f}x); ASAM's "
             "second forward/backward pass makes ~2x the ideal ratio. The two runs see the "
             "same batches (same seed).",
+        ]
+    if "adamw" in by and "adamw-unpadded" in by:
+        a, u = by["adamw"], by["adamw-unpadded"]
+        lines += [
+            "",
+            f"Unpadded / padded AdamW (`unpadded: true`, models/packing.py): the encoder "
+            f"computes on {u['real_tokens_per_step']:.0f} real tokens per step instead of "
+            f"{a['padded_tokens_per_step']:.0f} padded ones; step "
+            f"{a['step_s'] / u['step_s']:.2f}x faster (forward "
+            f"{a['forward_s'] / u['forward_s']:.2f}x, backward "
+            f"{a['backward_s'] / u['backward_s']:.2f}x), the same batches (same seed).",
         ]
     busy = [r["variant"] for r in results if r["cores_used_others"] > 0.2]
     if busy:

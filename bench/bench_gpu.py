@@ -18,7 +18,8 @@ peaks, allocator caches, SDPA switches and TF32 modes never leak between variant
 * pretrain: MoCo steps (the paper's recipe: batch 64, queue 131072, 256-token
   chunks, crop 5-50% + delete 10%) per precision, and bf16 with cuDNN attention (the
   regression the issue found), without padding to multiples of 8, with the key encoder
-  on its fp32 weights (autocast's casts), padded to multiples of 32, compiled by
+  on its fp32 weights (autocast's casts), TF32 and bf16 with unpadded (packed)
+  encoders (models/packing.py), padded to multiples of 32, compiled by
   inductor (plain, and replaying CUDA graphs), and with synchronised timers for the
   forward/backward split (once); each `--repeats` times. Step time, parts, seq/s,
   tokens/s, peak memory, loss curve, MFU. A compiled variant's window leaves out the
@@ -85,16 +86,20 @@ class Variant(NamedTuple):
     compile: str | None = None  # torch.compile backend
     compile_mode: str | None = None
     key_half_weights: bool = True  # the key encoder on half Linear weights under autocast
+    unpadded: bool = False  # the encoders on the views' real tokens only (models/packing.py)
 
 
 # In the order they run (after the repeats of REPEATED_FIRST): every precision, then the
-# compiled variants (minutes of code generation before their first step), then the
-# ablations, so that a time budget that runs out leaves the most telling measurements.
+# unpadded (packed) pair, then the compiled variants (minutes of code generation before
+# their first step), then the ablations, so that a time budget that runs out leaves the
+# most telling measurements.
 PRETRAIN_VARIANTS = {
     "tf32": Variant("tf32"),
     "bf16": Variant("bf16"),
     "fp16": Variant("fp16"),
     "fp32": Variant("fp32"),
+    "bf16-unpadded": Variant("bf16", unpadded=True),
+    "tf32-unpadded": Variant("tf32", unpadded=True),
     "bf16-cudagraphs": Variant(
         "bf16", pad_multiple=32, compile="inductor", compile_mode="reduce-overhead"
     ),
@@ -113,6 +118,7 @@ REPEATED_FIRST = ("tf32", "bf16")
 # compared with TF32 beside the default one).
 BF16_SETTINGS = (
     "bf16",
+    "bf16-unpadded",
     "bf16-pad1",
     "bf16-fp32key",
     "bf16-pad32",
@@ -490,6 +496,7 @@ def pretrain_config(setup: dict, variant: Variant):
         "compile": variant.compile,
         "compile_mode": variant.compile_mode,
         "key_encoder_half_weights": variant.key_half_weights,
+        "unpadded": variant.unpadded,
         "num_workers": 2 if cuda else 0,
         "nodes": 1,
         "gpus_per_node": 1,
@@ -504,28 +511,23 @@ def pretrain_config(setup: dict, variant: Variant):
 
 def _batches(cfg, setup: dict):
     from contriever_repro.training.loop import (
+        build_batches,
         build_sampler,
         build_views,
         load_tokenizer,
         open_sources,
     )
-    from contriever_repro.training.shards import PretrainBatches
 
     tok = load_tokenizer(setup["model"])
     sampler = build_sampler(cfg, open_sources(cfg, {"bench": setup["shards"]}, tok, 0, 1))
-    return PretrainBatches(
-        sampler,
-        build_views(cfg, tok),
-        cfg.batch_size_per_device,
-        pad_id=tok.pad_token_id or 0,
-        pad_multiple=cfg.pad_multiple,
-        max_width=cfg.chunk_length + 2,
-    )
+    return build_batches(cfg, sampler, build_views(cfg, tok), tok)
 
 
-def step_flops(batches, steps: list[int], dims: dict) -> dict:
+def step_flops(batches, steps: list[int], dims: dict, unpadded: bool = False) -> dict:
     """Real and padded tokens and model FLOPs per step over the given (1-based) steps,
-    rebuilt exactly: step s trains on batch s - 1, a pure function of the seed."""
+    rebuilt exactly: step s trains on batch s - 1, a pure function of the seed. Executed
+    FLOPs count the padding, except `unpadded`, whose layers see real tokens only (its
+    attention still runs padded: a few percent, left out)."""
     real = padded = flops = executed = 0
     for step in steps:
         batch = batches.batch(step - 1)
@@ -535,7 +537,10 @@ def step_flops(batches, steps: list[int], dims: dict) -> dict:
         real += sum(q) + sum(k)
         padded += wq[0] * wq[1] + wk[0] * wk[1]
         flops += moco_step_flops(q, k, **dims)
-        executed += moco_step_flops([wq[1]] * wq[0], [wk[1]] * wk[0], **dims)
+        if not unpadded:
+            executed += moco_step_flops([wq[1]] * wq[0], [wk[1]] * wk[0], **dims)
+    if unpadded:
+        executed = flops
     n = len(steps)
     return {
         "real_tokens_per_step": real / n,
@@ -658,7 +663,9 @@ def pretrain_worker(work: Path, variant: str, repeat: int) -> None:
     batches = _batches(cfg, setup)
     compiling = tuple(new_width_steps(batches, total)) if setting.compile else ()
     out = summarise_steps(records, warmup, compiling)
-    out.update(step_flops(batches, out["window_steps"], _flops_args(setup["dims"])))
+    out.update(
+        step_flops(batches, out["window_steps"], _flops_args(setup["dims"]), setting.unpadded)
+    )
     out.update(
         variant=variant,
         repeat=repeat,
@@ -667,6 +674,7 @@ def pretrain_worker(work: Path, variant: str, repeat: int) -> None:
         compile=setting.compile,
         compile_mode=setting.compile_mode,
         key_half_weights=setting.key_half_weights,
+        unpadded=setting.unpadded,
         sync_timing=setting.sync,
         sdpa_backends_enabled=list(sdpa_backends()),
         attention_ops=_probe_attention(cfg, setup, batches.batch(warmup)),

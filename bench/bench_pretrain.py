@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from bench_common import PAPER_PRETRAINING as PAPER
 from bench_common import cpu_name as _cpu_name
@@ -47,16 +48,28 @@ DEMO_LINES = 5000  # config/demo.yaml demo_world.pretraining_lines
 BATCH = 32
 CHUNK = 256
 QUEUE = {"tiny": 4096, "minilm": 8192}
-VARIANTS = {  # name: (model, precision, num_workers, flush denormals to zero)
-    "tiny-fp32": ("tiny", "fp32", 2, True),
-    "tiny-bf16": ("tiny", "bf16", 2, True),
-    "tiny-fp32-w0": ("tiny", "fp32", 0, True),
-    "minilm-fp32": ("minilm", "fp32", 2, True),
-    "minilm-bf16": ("minilm", "bf16", 2, True),
-    "minilm-fp32-w0": ("minilm", "fp32", 0, True),
+
+
+class Variant(NamedTuple):
+    model: str
+    precision: str
+    workers: int  # DataLoader workers
+    ftz: bool = True  # flush subnormals to zero (the training loop's default)
+    unpadded: bool = False  # encoders on the real tokens only (models/packing.py)
+
+
+VARIANTS = {
+    "tiny-fp32": Variant("tiny", "fp32", 2),
+    "tiny-bf16": Variant("tiny", "bf16", 2),
+    "tiny-fp32-w0": Variant("tiny", "fp32", 0),
+    "tiny-fp32-unpadded": Variant("tiny", "fp32", 2, unpadded=True),
+    "minilm-fp32": Variant("minilm", "fp32", 2),
+    "minilm-bf16": Variant("minilm", "bf16", 2),
+    "minilm-fp32-w0": Variant("minilm", "fp32", 0),
+    "minilm-fp32-unpadded": Variant("minilm", "fp32", 2, unpadded=True),
     # Subnormals left on: fp32 backward on a CPU stalls on them (MoCo's softmax over
     # the queue at τ = 0.05 makes tiny probabilities); what flush_denormal buys.
-    "minilm-fp32-denormals": ("minilm", "fp32", 2, False),
+    "minilm-fp32-denormals": Variant("minilm", "fp32", 2, ftz=False),
 }
 PARTS = ("data", "forward", "backward", "optimizer")
 
@@ -102,9 +115,7 @@ def prepare(work: Path, models: set[str]) -> dict:
 # --------------------------------------------------------------------------- one variant
 
 
-def _config(
-    model: str, precision: str, workers: int, ftz: bool, init: str, warmup: int, steps: int
-):
+def _config(variant: Variant, init: str, warmup: int, steps: int):
     from contriever_repro.training.config import PretrainConfig
 
     spec = {
@@ -112,12 +123,13 @@ def _config(
         "tokenizer": init,
         "sources": ["bench"],
         "objective": "moco",
-        "queue_size": QUEUE[model],
+        "queue_size": QUEUE[variant.model],
         "chunk_length": CHUNK,
         "batch_size_per_device": BATCH,
-        "precision": precision,
-        "num_workers": workers,
-        "flush_denormal": ftz,
+        "precision": variant.precision,
+        "num_workers": variant.workers,
+        "flush_denormal": variant.ftz,
+        "unpadded": variant.unpadded,
         "nodes": 1,
         "gpus_per_node": 1,
         # A schedule longer than the run so the lr is the paper's warm-up ramp, not 0.
@@ -126,7 +138,7 @@ def _config(
         "log_every": 1,  # one record per step: merged exactly below, and shows the spread
         "checkpoint_every": 10**9,  # only the final (untimed) checkpoint
     }
-    return PretrainConfig.from_dict(f"bench-{model}", spec)
+    return PretrainConfig.from_dict(f"bench-{variant.model}", spec)
 
 
 def _merge(records: list[dict], first_step: int) -> dict:
@@ -159,18 +171,16 @@ def _padding(cfg, init: str, shards: str, first: int, n: int) -> dict:
     """Real vs padded tokens of the measured batches, rebuilt exactly (batch b is a pure
     function of the seed), since the encoders compute on the padded width."""
     from contriever_repro.training.loop import (
+        build_batches,
         build_sampler,
         build_views,
         load_tokenizer,
         open_sources,
     )
-    from contriever_repro.training.shards import PretrainBatches
 
     tok = load_tokenizer(init)
     sampler = build_sampler(cfg, open_sources(cfg, {"bench": shards}, tok, 0, 1))
-    batches = PretrainBatches(
-        sampler, build_views(cfg, tok), cfg.batch_size_per_device, pad_id=tok.pad_token_id or 0
-    )
+    batches = build_batches(cfg, sampler, build_views(cfg, tok), tok)
     real = padded = 0
     for b in range(first, first + n):
         batch = batches.batch(b)
@@ -212,9 +222,10 @@ def worker(variant: str, data: dict, warmup: int, steps: int, threads: int, work
 
     from contriever_repro.training.loop import flush_denormals, pretrain, read_metrics
 
-    model, precision, workers, ftz = VARIANTS[variant]
+    setting = VARIANTS[variant]
+    model, precision = setting.model, setting.precision
     init, shards = data[model]["init"], data[model]["shards"]
-    cfg = _config(model, precision, workers, ftz, init, warmup, steps)
+    cfg = _config(setting, init, warmup, steps)
     flush_denormals(cfg)  # as scripts/pretrain.py: before the thread pool exists
     torch.set_num_threads(threads)
     run_dir = Path(tempfile.mkdtemp(prefix=f"run-{variant}-", dir=work))
@@ -232,8 +243,9 @@ def worker(variant: str, data: dict, warmup: int, steps: int, threads: int, work
         variant=variant,
         model=model,
         precision=precision,
-        num_workers=workers,
-        flush_denormal=ftz,
+        num_workers=setting.workers,
+        flush_denormal=setting.ftz,
+        unpadded=setting.unpadded,
         queue_size=cfg.queue_size,
         batch_size=cfg.batch_size_per_device,
         threads=threads,
@@ -330,12 +342,15 @@ def estimate(results: list[dict]) -> dict:
                     }
                 )
     executed_step = 8 * n * side["executed (padded to the per-GPU longest)"]
+    useful_step = 8 * n * side["useful (mean view length)"]  # what unpadded encoders run
     checks = []
     for r in results:
         if r["model"] != "minilm":
             continue
         real = 8 * r["n_params_nonembed"] * r["real_tokens_per_step"] / 2
-        padded = 8 * r["n_params_nonembed"] * r["padded_tokens_per_step"] / 2
+        # unpadded encoders execute the real tokens only
+        executed = "real" if r.get("unpadded") else "padded"
+        padded = 8 * r["n_params_nonembed"] * r[f"{executed}_tokens_per_step"] / 2
         checks.append(
             {
                 "variant": r["variant"],
@@ -347,7 +362,8 @@ def estimate(results: list[dict]) -> dict:
                 "executed_flop_per_s": padded / r["step_s"],
                 "gemm_flop_per_s": r["gemm_flop_per_s"],
                 "cpu_mfu": padded / r["step_s"] / r["gemm_flop_per_s"],
-                "paper_step_on_this_cpu_s": executed_step / (padded / r["step_s"]),
+                "paper_step_on_this_cpu_s": (useful_step if r.get("unpadded") else executed_step)
+                / (padded / r["step_s"]),
             }
         )
     return {
@@ -417,6 +433,21 @@ def report(results: list[dict], est: dict, args, wall: float, waited: float) -> 
                 f"{r['step_s'] / ftz['step_s']:.2f}x faster (last loss {ftz['loss']:.4f} vs "
                 f"{r['loss']:.4f}). fp32 arithmetic on subnormal numbers (from the softmax "
                 "over the queue at τ = 0.05) is slow on x86 CPUs; GPUs flush them anyway.",
+            ]
+    for r in results:
+        padded = by.get(r["variant"].removesuffix("-unpadded"))
+        if r.get("unpadded") and padded:
+            lines += [
+                "",
+                f"Unpadded ({r['variant']}, `unpadded: true`, models/packing.py): the "
+                f"encoders compute on {r['real_tokens_per_step']:,.0f} real tokens per step "
+                f"instead of {padded['padded_tokens_per_step']:,.0f} padded ones "
+                f"({padded['padded_tokens_per_step'] / r['real_tokens_per_step']:.2f}x); the "
+                f"step takes {1000 * r['step_s']:.0f} ms against {1000 * padded['step_s']:.0f}"
+                f" ms padded ({padded['step_s'] / r['step_s']:.2f}x faster; forward "
+                f"{padded['forward_s'] / r['forward_s']:.2f}x, backward "
+                f"{padded['backward_s'] / r['backward_s']:.2f}x). Last loss "
+                f"{r['loss']:.4f} vs {padded['loss']:.4f} (dropout draws differ).",
             ]
     busy = [r["variant"] for r in results if r["cores_used_others"] > 0.2]
     if busy:
@@ -547,7 +578,7 @@ def main() -> None:
     results, waited = [], 0.0
     with tempfile.TemporaryDirectory(prefix="bench_pretrain_") as tmp:
         work = Path(tmp)
-        data = prepare(work, {VARIANTS[v][0] for v in variants})
+        data = prepare(work, {VARIANTS[v].model for v in variants})
         print(f"data prepared in {time.perf_counter() - start:.0f} s", flush=True)
         for variant in variants:
             if args.wait_idle > 0:

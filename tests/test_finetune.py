@@ -149,6 +149,20 @@ def test_adamw_fine_tuning_beats_the_initial_model_on_held_out_queries(world, tm
     _assert_learnt(world, tmp_path / "run", tmp_path / "out", cfg, summary)
 
 
+def test_unpadded_fine_tuning_is_the_padded_one_up_to_rounding(world, tmp_path):
+    """unpadded: queries and passages run as packed tokens (models/packing.py); without
+    dropout, the loss curve is the padded one up to float rounding."""
+    curves = {}
+    for unpadded in (False, True):
+        cfg = config(
+            optimizer="adamw", steps=4, warmup_steps=1, log_every=1, dropout=0.0, unpadded=unpadded
+        )
+        finetune(cfg, world["model"], data_of(world, cfg), tmp_path / f"run-{unpadded}")
+        curves[unpadded] = _losses(tmp_path / f"run-{unpadded}")
+    assert len(curves[True]) == 4
+    assert curves[True] == pytest.approx(curves[False], rel=1e-4)
+
+
 # --------------------------------------------------------------------------- resume
 
 
@@ -262,6 +276,8 @@ def test_bad_configurations_name_their_key():
         FinetuneConfig.from_dict("x", {"learning_rate": 1e-5})
     with pytest.raises(InputError, match=r"finetuning\.x\.patience"):
         FinetuneConfig.from_dict("x", {"patience": 3})
+    with pytest.raises(InputError, match=r"finetuning\.x\.unpadded: packs a bi-encoder"):
+        FinetuneConfig.from_dict("x", {"objective": "cross_encoder", "unpadded": True})
     with pytest.raises(InputError, match=r"finetuning\.x\.mining_rank_min"):
         FinetuneConfig.from_dict("x", {"mining_rank_min": 50, "mining_rank_max": 20})
 

@@ -259,6 +259,18 @@ def test_cuda_search_equals_the_cpu_reference():
         torch.backends.cuda.matmul.allow_tf32 = False
 
 
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_unpadded_pretraining_follows_the_padded_loss_curve(curves, world, tmp_path, precision):
+    """unpadded: packed tokens through the GPU's SDPA kernels (with a key mask) and its
+    index kernels give the padded run's curve within the precision's noise."""
+    cfg = _config(precision, unpadded=True)
+    pretrain(cfg, world["model"], {"demo": world["shards"]}, tmp_path / "run", None)
+    packed = np.array([r["loss"] for r in read_metrics(tmp_path / "run")][1:])
+    padded = np.array([r["loss"] for r in curves[precision]][1:])
+    assert np.isfinite(packed).all()
+    assert np.abs(packed - padded).mean() <= 0.05 * np.abs(padded).mean() + 0.05
+
+
 # Last: inductor's code generation takes the longest. reduce-overhead replays CUDA graphs.
 @pytest.mark.parametrize("mode", [None, "reduce-overhead"])
 def test_bf16_compiled_with_inductor_follows_the_tf32_loss_curve(curves, world, tmp_path, mode):

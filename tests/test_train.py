@@ -32,7 +32,7 @@ from contriever_repro.training.loop import (
     read_metrics,
 )
 from contriever_repro.training.runfolder import NotRetried, RunFolderBusy
-from contriever_repro.training.shards import PretrainBatches, tokenize_text_file
+from contriever_repro.training.shards import tokenize_text_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "pretrain.py"
@@ -106,12 +106,15 @@ def ndcg(model_dir: Path, beir_root: Path, dataset: str) -> float:
 # --------------------------------------------------------------------------- learning
 
 
-@pytest.mark.parametrize("objective", ["moco", "inbatch"])
-def test_pretraining_beats_random_init_on_demo_world(world, tmp_path, objective):
+@pytest.mark.parametrize(
+    ("objective", "unpadded"), [("moco", False), ("inbatch", False), ("moco", True)]
+)
+def test_pretraining_beats_random_init_on_demo_world(world, tmp_path, objective, unpadded):
     torch.set_num_threads(2)
     out = tmp_path / "model"
     # In-batch negatives need a softer temperature than MoCo to learn in 150 steps here.
-    cfg = config(objective=objective, steps=150, temperature=0.5 if objective == "inbatch" else 0.1)
+    temperature = 0.5 if objective == "inbatch" else 0.1
+    cfg = config(objective=objective, steps=150, temperature=temperature, unpadded=unpadded)
     summary = pretrain(cfg, world["model"], {"demo": world["shards"]}, tmp_path / "run", out)
     assert summary["step"] == 150
 
@@ -291,6 +294,28 @@ def test_padding_to_a_multiple_changes_the_loss_curve_only_by_rounding(world, tm
     assert "pad_multiple" not in config().training_dict()  # a run may resume with another
 
 
+def test_unpadded_encoders_change_the_loss_curve_only_by_rounding(world, tmp_path):
+    """unpadded: the encoders compute on the views' real tokens only (models/packing.py);
+    without dropout the run is the padded one up to rounding, and it exports the same
+    parameters."""
+    torch.set_num_threads(2)
+    model = _without_dropout(world["model"], tmp_path / "no-dropout")
+    curves = {}
+    for unpadded in (False, True):
+        cfg = config(steps=6, warmup_steps=2, batch_size_per_device=16, log_every=1,
+                     unpadded=unpadded)  # fmt: skip
+        run, out = tmp_path / f"run-{unpadded}", tmp_path / f"model-{unpadded}"
+        pretrain(cfg, model, {"demo": world["shards"]}, run, out)
+        curves[unpadded] = [r["loss"] for r in read_metrics(run)]
+    assert len(curves[True]) == 6
+    assert curves[True] == pytest.approx(curves[False], rel=1e-4)
+    exported = {u: load_file(tmp_path / f"model-{u}" / "model.safetensors") for u in curves}
+    assert exported[True].keys() == exported[False].keys()
+    assert "unpadded" not in config().training_dict()  # a run may resume with another
+    with pytest.raises(InputError, match=r"demo\.unpadded: packs a new number of tokens"):
+        config(unpadded=True, compile="inductor")
+
+
 def test_compiled_encoders_train_as_eager_ones(world, tmp_path, caplog):
     """compile: the encoders' forward goes through torch.compile (dynamo traces it; the
     "eager" backend runs the captured graphs without generating code, which keeps this
@@ -370,13 +395,20 @@ def test_compile_mode_is_checked_against_inductor():
 
 
 def test_views_are_padded_to_multiples_of_8_within_the_chunk(world):
-    from contriever_repro.training.loop import build_sampler, build_views, open_sources
+    from contriever_repro.training.loop import (
+        build_batches,
+        build_sampler,
+        build_views,
+        open_sources,
+    )
 
-    cfg = config(chunk_length=60, ratio_min=0.5, ratio_max=1.0)
+    cfg = config(chunk_length=60, ratio_min=0.5, ratio_max=1.0, batch_size_per_device=16)
+    assert cfg.pad_multiple == 8
     tokenizer = load_tokenizer(world["model"])
     sources = open_sources(cfg, {"demo": world["shards"]}, tokenizer, 0, 1)
-    batches = PretrainBatches(
-        build_sampler(cfg, sources), build_views(cfg, tokenizer), 16, pad_multiple=8, max_width=62
+    # the run's own stream: chunk + [CLS] + [SEP] = 62 tokens at most
+    batches = build_batches(
+        cfg, build_sampler(cfg, sources), build_views(cfg, tokenizer), tokenizer
     )
     widths = set()
     for b in range(20):

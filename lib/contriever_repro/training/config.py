@@ -47,6 +47,7 @@ BOOKKEEPING = frozenset(
         "compile",
         "compile_mode",
         "key_encoder_half_weights",
+        "unpadded",
     }
 )
 # torch.compile modes of inductor (torch._inductor.list_mode_options), and those of them
@@ -107,6 +108,10 @@ class TrainingRun:
     # padded width's kernels as one CUDA graph (a few widths with pad_multiple 32), for
     # steps bound by kernel launches; null is inductor's default.
     compile_mode: str | None = None
+    # Run the encoders on the batch's real tokens only (models/packing.py): pre-training's
+    # crops leave ~45% of a padded batch padding. Float rounding and dropout draws change,
+    # nothing else; a run may resume with another value. BERT-type models, eager only.
+    unpadded: bool = False
     # bookkeeping
     log_every: int = 100
     checkpoint_every: int = 500
@@ -365,6 +370,8 @@ class FinetuneConfig(TrainingRun):
             raise bad("patience", "early stopping needs a dev set (dev_split or dev_holdout)")
         if self.has_dev and len(names) > 1:
             raise bad("data", "a dev set (dev_split, dev_holdout) needs a single data set")
+        if self.objective == "cross_encoder" and self.unpadded:
+            raise bad("unpadded", "packs a bi-encoder's texts; a cross_encoder run pads its pairs")
         if self.objective == "cross_encoder" and self.has_dev:
             key = "dev_split" if self.dev_split is not None else "dev_holdout"
             raise bad(
@@ -483,6 +490,12 @@ def _check_common(cfg, where: str, positive: tuple[str, ...], unit: tuple[str, .
             raise bad("compile_mode", f"must be one of {list(COMPILE_MODES)} or null")
         if cfg.compile != "inductor":
             raise bad("compile_mode", "is a mode of inductor: it needs compile: inductor")
+    if cfg.unpadded and cfg.compile is not None:
+        raise bad(
+            "unpadded",
+            "packs a new number of tokens into every batch, which compiled (static-shape) "
+            "encoders would recompile for: set compile: null, or unpadded: false",
+        )
 
 
 def _check_type(where: str, key: str, value: Any, annotation: str) -> None:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..models.packing import forward_packed, pool_packed
 from ..models.spec import POOLINGS, pool
 
 Stats = dict[str, torch.Tensor]
@@ -41,9 +42,18 @@ class Encoder(nn.Module):
     A pooler layer, if the model has one, is removed: pooled embeddings never use it, so it
     would get no gradient (DDP with find_unused_parameters=False fails on that) and its keys
     would not load into the `add_pooling_layer=False` model that evaluation builds.
+
+    `unpadded` runs the model on the batch's real tokens only (models/packing.py); the
+    caller checks the model first (packing.check_packable, naming its config key).
     """
 
-    def __init__(self, model: nn.Module, pooling: str = "mean", normalize: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        pooling: str = "mean",
+        normalize: bool = False,
+        unpadded: bool = False,
+    ):
         super().__init__()
         if pooling not in POOLINGS:
             raise InputError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
@@ -52,6 +62,7 @@ class Encoder(nn.Module):
         self.model = model
         self.pooling = pooling
         self.normalize = normalize
+        self.unpadded = unpadded
 
     @property
     def dim(self) -> int:
@@ -64,8 +75,12 @@ class Encoder(nn.Module):
         normalize: bool | None = None,
     ) -> torch.Tensor:
         """[B, T] token ids → [B, dim] embeddings; `normalize` overrides the default."""
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
-        emb = pool(out.last_hidden_state, attention_mask, self.pooling)
+        if self.unpadded:
+            hidden, packing = forward_packed(self.model, input_ids, attention_mask)
+            emb = pool_packed(hidden, packing, self.pooling)
+        else:
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+            emb = pool(out.last_hidden_state, attention_mask, self.pooling)
         if self.normalize if normalize is None else normalize:
             emb = F.normalize(emb, dim=-1)
         return emb

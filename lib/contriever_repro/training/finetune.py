@@ -38,6 +38,7 @@ from ..errors import InputError
 from ..io import atomic_path, read_table
 from ..models.export import METADATA_FILE
 from ..models.fingerprint import check_mined_by
+from ..models.packing import check_packable
 from .asam import ASAM
 from .checkpoint import Checkpoints
 from .config import FinetuneConfig
@@ -271,8 +272,10 @@ def build_model(cfg: FinetuneConfig, init: str | Path) -> InBatch:
     for module in hf.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = cfg.dropout
+    if cfg.unpadded:
+        check_packable(hf, f"finetuning.{cfg.name}.unpadded")
     return InBatch(
-        Encoder(hf, pooling=cfg.pooling),
+        Encoder(hf, pooling=cfg.pooling, unpadded=cfg.unpadded),
         temperature=cfg.temperature,
         norm_query=cfg.norm_query,
         norm_doc=cfg.norm_doc,

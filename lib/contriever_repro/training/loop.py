@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..models.packing import check_packable
 from .augment import ViewMaker
 from .checkpoint import Checkpoints
 from .config import PretrainConfig
@@ -126,8 +127,26 @@ def build_views(cfg: PretrainConfig, tokenizer) -> ViewMaker:
     )
 
 
+def build_batches(
+    cfg: PretrainConfig, sampler, views: ViewMaker, tokenizer, start_batch: int = 0
+) -> PretrainBatches:
+    """A rank's batch stream from `start_batch`: batch b is a pure function of the seed,
+    so benchmarks rebuild exactly what a run trained on to count its tokens."""
+    return PretrainBatches(
+        sampler,
+        views,
+        cfg.batch_size_per_device,
+        start_batch=start_batch,
+        pad_id=tokenizer.pad_token_id or 0,
+        pad_multiple=cfg.pad_multiple,
+        max_width=cfg.chunk_length + 2,  # the longest view: a whole chunk, [CLS], [SEP]
+    )
+
+
 def build_objective(cfg: PretrainConfig, model: torch.nn.Module) -> torch.nn.Module:
-    encoder = Encoder(model, pooling=cfg.pooling)
+    if cfg.unpadded:
+        check_packable(model, f"pretraining.{cfg.name}.unpadded")
+    encoder = Encoder(model, pooling=cfg.pooling, unpadded=cfg.unpadded)
     if cfg.objective == "moco":
         return MoCo(
             encoder,
@@ -250,15 +269,7 @@ def _train(
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=scaler,
-        make_batches=lambda start: PretrainBatches(
-            sampler,
-            views,
-            cfg.batch_size_per_device,
-            start_batch=start,
-            pad_id=tokenizer.pad_token_id or 0,
-            pad_multiple=cfg.pad_multiple,
-            max_width=cfg.chunk_length + 2,  # the longest view: a whole chunk, [CLS], [SEP]
-        ),
+        make_batches=lambda start: build_batches(cfg, sampler, views, tokenizer, start),
         # MoCo's momentum update runs once per optimiser step (see MoCo.forward).
         forward_kwargs=(lambda a: {"momentum_step": a == 0})
         if cfg.objective == "moco"

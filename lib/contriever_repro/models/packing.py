@@ -1,0 +1,173 @@
+"""Run a Hugging Face encoder on packed sequences: no layer computes on padding.
+
+A padded batch of B rows of width L runs every projection and feed-forward layer on
+B x L tokens. Pre-training's random crops leave about 45% of them padding (views of
+64.9 real tokens padded to 117.1 on average, docs/speed.md), and fine-tuning pads short
+queries and passages alike. Packing puts the T real tokens in one row, so the embeddings,
+projections and feed-forward layers, nearly all of the FLOPs, run on T tokens. Attention
+alone goes back to the padded B x L layout through an index, with a key mask, because
+SDPA's kernels on every device take padded batches; its cost is small at these widths.
+
+The outputs equal the padded forward's up to float rounding, gradients included
+(tests/test_packing.py). Dropout draws differ, since its masks are drawn per shape.
+Packing reads the token count from the mask: on a GPU that is one host sync per
+forward, which costs where a step is bound by kernel launches rather than FLOPs
+(bench/bench_gpu.py measures both).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from .spec import POOLINGS
+
+PACKED_ATTENTION = "contriever_packed_sdpa"
+# Model types whose padded forward numbers positions by column (0 .. L-1), so that a
+# packed token keeps its position by keeping its column. RoBERTa-style models count
+# positions from the padding index instead, and are refused rather than guessed at.
+PACKABLE_MODEL_TYPES = ("bert",)
+
+
+@dataclass(frozen=True)
+class Packing:
+    """Where the packed tokens of a (rows x width) padded batch came from."""
+
+    rows: int
+    width: int
+    index: torch.Tensor  # (T,) flat padded position (row * width + column) of each token
+    key_mask: torch.Tensor  # (rows, 1, 1, width) bool: True for a real token
+    segments: torch.Tensor  # (T,) the row of each packed token
+    lengths: torch.Tensor  # (rows,) real tokens per row
+    first: torch.Tensor  # (rows,) packed index of each row's first token
+
+
+def check_packable(model: nn.Module, where: str) -> None:
+    """Refuse a model whose positions packing would change, naming the config key."""
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in PACKABLE_MODEL_TYPES:
+        raise InputError(
+            f"{where}: unpadded (packed) sequences need a model that numbers positions by "
+            f"column, one of {list(PACKABLE_MODEL_TYPES)}; this model is {model_type!r}. "
+            "Set unpadded: false"
+        )
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        raise InputError(
+            f"{where}: unpadded (packed) sequences run through SDPA attention; this model "
+            f"was loaded with {model.config._attn_implementation!r}"
+        )
+
+
+def pack(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, Packing]:
+    """(ids (1, T), positions (1, T), Packing) of a padded batch; either padding side.
+
+    Every row must hold a token (tokenizers add [CLS]): an empty row has no first token.
+    """
+    keep = attention_mask.bool()
+    rows, width = keep.shape
+    index = keep.flatten().nonzero().squeeze(1)  # the one host sync: T is data-dependent
+    lengths = keep.sum(dim=1)
+    packing = Packing(
+        rows=rows,
+        width=width,
+        index=index,
+        key_mask=keep[:, None, None, :],
+        segments=torch.div(index, width, rounding_mode="floor"),
+        lengths=lengths,
+        first=lengths.cumsum(0) - lengths,
+    )
+    ids = input_ids.flatten().index_select(0, index).unsqueeze(0)
+    return ids, (index % width).unsqueeze(0), packing
+
+
+def _to_padded(x: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """(1, heads, T, dim) packed states -> (rows, heads, width, dim), zeros at padding."""
+    _, heads, _, dim = x.shape
+    flat = x[0].transpose(0, 1)
+    padded = flat.new_zeros(packing.rows * packing.width, heads, dim)
+    padded = padded.index_copy(0, packing.index, flat)
+    return padded.view(packing.rows, packing.width, heads, dim).transpose(1, 2)
+
+
+def packed_sdpa_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    packing: Packing | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Transformers' attention-function interface over packed states: attention runs
+    padded, through transformers' own SDPA function, and comes back packed."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if packing is None:
+        raise RuntimeError(
+            f"{PACKED_ATTENTION} runs only inside models.packing.forward_packed, which "
+            "passes the packing of its batch"
+        )
+    out, _ = sdpa_attention_forward(
+        module,
+        _to_padded(query, packing),
+        _to_padded(key, packing),
+        _to_padded(value, packing),
+        packing.key_mask,
+        **kwargs,
+    )  # (rows, width, heads, dim)
+    rows, width, heads, dim = out.shape
+    return out.reshape(rows * width, heads, dim).index_select(0, packing.index).unsqueeze(0), None
+
+
+def register_packed_attention() -> None:
+    """Make PACKED_ATTENTION a name transformers' attention layers can look up. No
+    attention-mask function is registered with it: the models then build no mask (the
+    packing carries it) and, above all, no T x T mask for the packed row."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_sdpa_attention)
+
+
+@contextmanager
+def packed_attention(model: nn.Module) -> Iterator[None]:
+    """Route the model's attention through PACKED_ATTENTION for one call; the model
+    stays on SDPA for everything else (evaluation, export)."""
+    register_packed_attention()
+    config = model.config
+    before = config._attn_implementation
+    config._attn_implementation = PACKED_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+
+
+def forward_packed(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, Packing]:
+    """(T, hidden) last hidden states of the real tokens of a padded batch, and its
+    Packing; the model computes on those T tokens only."""
+    ids, positions, packing = pack(input_ids, attention_mask)
+    with packed_attention(model):
+        out = model(input_ids=ids, position_ids=positions, packing=packing)
+    return out.last_hidden_state[0], packing
+
+
+def pool_packed(hidden: torch.Tensor, packing: Packing, method: str) -> torch.Tensor:
+    """Sentence embeddings from packed token states, as spec.pool does from padded ones:
+    mean over each row's tokens, or its first token's state."""
+    if method == "cls":
+        return hidden.index_select(0, packing.first)
+    if method == "mean":
+        summed = hidden.new_zeros(packing.rows, hidden.shape[-1])
+        summed = summed.index_add(0, packing.segments, hidden)
+        counts = packing.lengths.clamp(min=1).unsqueeze(-1).to(hidden.dtype)
+        return summed / counts
+    raise InputError(f"unknown pooling {method!r}; expected one of {POOLINGS}")
