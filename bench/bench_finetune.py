@@ -430,8 +430,8 @@ def report(results: list[dict], est: dict, args, wall: float, waited: float, dat
             "",
             f"Unpadded / padded AdamW (`unpadded: true`, models/packing.py): the encoder "
             f"computes on {u['real_tokens_per_step']:.0f} real tokens per step instead of "
-            f"{a['padded_tokens_per_step']:.0f} padded ones; step "
-            f"{a['step_s'] / u['step_s']:.2f}x faster (forward "
+            f"{a['padded_tokens_per_step']:.0f} padded ones; speed-up of the step "
+            f"{a['step_s'] / u['step_s']:.2f}x (forward "
             f"{a['forward_s'] / u['forward_s']:.2f}x, backward "
             f"{a['backward_s'] / u['backward_s']:.2f}x), the same batches (same seed).",
         ]

@@ -444,7 +444,7 @@ def report(results: list[dict], est: dict, args, wall: float, waited: float) -> 
                 f"instead of {padded['padded_tokens_per_step']:,.0f} padded ones "
                 f"({padded['padded_tokens_per_step'] / r['real_tokens_per_step']:.2f}x); the "
                 f"step takes {1000 * r['step_s']:.0f} ms against {1000 * padded['step_s']:.0f}"
-                f" ms padded ({padded['step_s'] / r['step_s']:.2f}x faster; forward "
+                f" ms padded (speed-up {padded['step_s'] / r['step_s']:.2f}x; forward "
                 f"{padded['forward_s'] / r['forward_s']:.2f}x, backward "
                 f"{padded['backward_s'] / r['backward_s']:.2f}x). Last loss "
                 f"{r['loss']:.4f} vs {padded['loss']:.4f} (dropout draws differ).",

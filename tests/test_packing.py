@@ -16,6 +16,7 @@ from contriever_repro.models.packing import (
     forward_packed,
     pack,
     packed_sdpa_attention,
+    unpack,
 )
 from contriever_repro.training.augment import pad_batch
 from contriever_repro.training.contrastive import Encoder, InBatch, MoCo
@@ -45,18 +46,17 @@ def test_pack_keeps_each_token_at_its_column():
     assert flat.tolist() == [sum(SEQS, [])]
     # left padding: row 0's 4 tokens sit in columns 3-6 of the padded batch
     assert positions.tolist() == [[3, 4, 5, 6, 4, 5, 6] + list(range(7)) + [5, 6]]
-    assert packing.segments.tolist() == [0] * 4 + [1] * 3 + [2] * 7 + [3] * 2
-    assert packing.lengths.tolist() == [4, 3, 7, 2]
-    assert packing.first.tolist() == [0, 4, 7, 14]
     assert (packing.rows, packing.width) == (4, 7)
-    assert packing.key_mask.shape == (4, 1, 1, 7)
+    assert torch.equal(packing.key_mask[:, 0, 0], mask.bool())
     assert packing.index.tolist() == [3, 4, 5, 6, 11, 12, 13, *range(14, 21), 26, 27]
+    # and back: the padded batch, zeros at padding
+    assert torch.equal(unpack(flat[0], packing), ids)
 
 
 @pytest.mark.parametrize(
     ("side", "pooling"),
-    # CLS pooling reads column 0, a real token only where padding is on the right (as
-    # training pads); packed, it reads each row's first real token on either side.
+    # CLS pooling reads column 0, a real token only where padding is on the right, as
+    # training pads (left-padded, the padded forward's pad state there is no embedding).
     [("right", "mean"), ("left", "mean"), ("right", "cls")],
 )
 def test_packed_encoder_gives_the_padded_embeddings_and_gradients(side, pooling):
@@ -85,8 +85,9 @@ def test_packed_run_computes_on_real_tokens_only():
         lambda module, args, out: seen.append(tuple(args[0].shape[:-1]))
     )
     ids, mask = pad_batch(SEQS, multiple=8)
-    hidden, packing = forward_packed(model, ids, mask)
-    assert seen == [(1, 16)] and hidden.shape == (16, 16)
+    hidden = forward_packed(model, ids, mask)
+    assert seen == [(1, 16)] and hidden.shape == (4, 8, 16)
+    assert not hidden[~mask.bool()].any()  # zeros at padding
     Encoder(model)(ids, mask)
     assert seen[-1] == (4, 8)
 

@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .spec import POOLINGS
 
 PACKED_ATTENTION = "contriever_packed_sdpa"
 # Model types whose padded forward numbers positions by column (0 .. L-1), so that a
@@ -42,9 +41,6 @@ class Packing:
     width: int
     index: torch.Tensor  # (T,) flat padded position (row * width + column) of each token
     key_mask: torch.Tensor  # (rows, 1, 1, width) bool: True for a real token
-    segments: torch.Tensor  # (T,) the row of each packed token
-    lengths: torch.Tensor  # (rows,) real tokens per row
-    first: torch.Tensor  # (rows,) packed index of each row's first token
 
 
 def check_packable(model: nn.Module, where: str) -> None:
@@ -66,34 +62,21 @@ def check_packable(model: nn.Module, where: str) -> None:
 def pack(
     input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, Packing]:
-    """(ids (1, T), positions (1, T), Packing) of a padded batch; either padding side.
-
-    Every row must hold a token (tokenizers add [CLS]): an empty row has no first token.
-    """
+    """(ids (1, T), positions (1, T), Packing) of a padded batch; either padding side."""
     keep = attention_mask.bool()
     rows, width = keep.shape
     index = keep.flatten().nonzero().squeeze(1)  # the one host sync: T is data-dependent
-    lengths = keep.sum(dim=1)
-    packing = Packing(
-        rows=rows,
-        width=width,
-        index=index,
-        key_mask=keep[:, None, None, :],
-        segments=torch.div(index, width, rounding_mode="floor"),
-        lengths=lengths,
-        first=lengths.cumsum(0) - lengths,
-    )
+    packing = Packing(rows=rows, width=width, index=index, key_mask=keep[:, None, None, :])
     ids = input_ids.flatten().index_select(0, index).unsqueeze(0)
     return ids, (index % width).unsqueeze(0), packing
 
 
-def _to_padded(x: torch.Tensor, packing: Packing) -> torch.Tensor:
-    """(1, heads, T, dim) packed states -> (rows, heads, width, dim), zeros at padding."""
-    _, heads, _, dim = x.shape
-    flat = x[0].transpose(0, 1)
-    padded = flat.new_zeros(packing.rows * packing.width, heads, dim)
-    padded = padded.index_copy(0, packing.index, flat)
-    return padded.view(packing.rows, packing.width, heads, dim).transpose(1, 2)
+def unpack(packed: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """(T, ...) packed values -> (rows, width, ...), zeros at padding. Every index is
+    written once, so the copy and its gradient are deterministic on every device."""
+    padded = packed.new_zeros(packing.rows * packing.width, *packed.shape[1:])
+    padded = padded.index_copy(0, packing.index, packed)
+    return padded.view(packing.rows, packing.width, *packed.shape[1:])
 
 
 def packed_sdpa_attention(
@@ -114,13 +97,12 @@ def packed_sdpa_attention(
             f"{PACKED_ATTENTION} runs only inside models.packing.forward_packed, which "
             "passes the packing of its batch"
         )
+
+    def padded(x: torch.Tensor) -> torch.Tensor:  # (1, heads, T, dim) -> (rows, heads, width, dim)
+        return unpack(x[0].transpose(0, 1), packing).transpose(1, 2)
+
     out, _ = sdpa_attention_forward(
-        module,
-        _to_padded(query, packing),
-        _to_padded(key, packing),
-        _to_padded(value, packing),
-        packing.key_mask,
-        **kwargs,
+        module, padded(query), padded(key), padded(value), packing.key_mask, **kwargs
     )  # (rows, width, heads, dim)
     rows, width, heads, dim = out.shape
     return out.reshape(rows * width, heads, dim).index_select(0, packing.index).unsqueeze(0), None
@@ -151,23 +133,11 @@ def packed_attention(model: nn.Module) -> Iterator[None]:
 
 def forward_packed(
     model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> tuple[torch.Tensor, Packing]:
-    """(T, hidden) last hidden states of the real tokens of a padded batch, and its
-    Packing; the model computes on those T tokens only."""
+) -> torch.Tensor:
+    """(rows, width, hidden) last hidden states of a padded batch, as the model's own
+    forward gives them but computed on the real tokens only; zeros at padding, which
+    pooling (spec.pool) masks out as it does the padded forward's states."""
     ids, positions, packing = pack(input_ids, attention_mask)
     with packed_attention(model):
         out = model(input_ids=ids, position_ids=positions, packing=packing)
-    return out.last_hidden_state[0], packing
-
-
-def pool_packed(hidden: torch.Tensor, packing: Packing, method: str) -> torch.Tensor:
-    """Sentence embeddings from packed token states, as spec.pool does from padded ones:
-    mean over each row's tokens, or its first token's state."""
-    if method == "cls":
-        return hidden.index_select(0, packing.first)
-    if method == "mean":
-        summed = hidden.new_zeros(packing.rows, hidden.shape[-1])
-        summed = summed.index_add(0, packing.segments, hidden)
-        counts = packing.lengths.clamp(min=1).unsqueeze(-1).to(hidden.dtype)
-        return summed / counts
-    raise InputError(f"unknown pooling {method!r}; expected one of {POOLINGS}")
+    return unpack(out.last_hidden_state[0], packing)

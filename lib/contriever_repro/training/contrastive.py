@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from ..models.packing import forward_packed, pool_packed
+from ..models.packing import forward_packed
 from ..models.spec import POOLINGS, pool
 
 Stats = dict[str, torch.Tensor]
@@ -76,11 +76,11 @@ class Encoder(nn.Module):
     ) -> torch.Tensor:
         """[B, T] token ids → [B, dim] embeddings; `normalize` overrides the default."""
         if self.unpadded:
-            hidden, packing = forward_packed(self.model, input_ids, attention_mask)
-            emb = pool_packed(hidden, packing, self.pooling)
+            hidden = forward_packed(self.model, input_ids, attention_mask)
         else:
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask)
-            emb = pool(out.last_hidden_state, attention_mask, self.pooling)
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask)
+            hidden = hidden.last_hidden_state
+        emb = pool(hidden, attention_mask, self.pooling)
         if self.normalize if normalize is None else normalize:
             emb = F.normalize(emb, dim=-1)
         return emb
