@@ -126,6 +126,24 @@ def test_unpackable_models_are_refused_naming_the_key():
     check_packable(small_bert(), "ok")
 
 
+def test_a_model_whose_attention_ignores_the_packing_is_refused(monkeypatch):
+    """As under a transformers whose BERT does not look its attention function up in
+    the interface: the packed row would attend across its sequences. The probe that
+    check_packable runs sees it, and the model is left as it was."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from contriever_repro.models import packing
+
+    def unmasked(module, query, key, value, attention_mask, packing=None, **kwargs):
+        return sdpa_attention_forward(module, query, key, value, None, **kwargs)
+
+    monkeypatch.setattr(packing, "packed_sdpa_attention", unmasked)
+    model = small_bert().train()
+    with pytest.raises(InputError, match=r"pretraining\.x\.unpadded: .*packed forward is not"):
+        check_packable(model, "pretraining.x.unpadded")
+    assert model.training and model.config._attn_implementation == "sdpa"
+
+
 def test_the_packed_attention_refuses_calls_without_a_packing():
     q = torch.zeros(1, 2, 3, 4)
     with pytest.raises(RuntimeError, match=PACKED_ATTENTION):

@@ -44,7 +44,10 @@ class Packing:
 
 
 def check_packable(model: nn.Module, where: str) -> None:
-    """Refuse a model whose positions packing would change, naming the config key."""
+    """Refuse, naming the config key, a model that packing would change: one that
+    numbers positions otherwise, or whose attention layers do not look their function
+    up in transformers' attention interface (older transformers: the packed row would
+    attend across sequences). The second is checked by running a two-row probe."""
     model_type = getattr(model.config, "model_type", None)
     if model_type not in PACKABLE_MODEL_TYPES:
         raise InputError(
@@ -56,6 +59,33 @@ def check_packable(model: nn.Module, where: str) -> None:
         raise InputError(
             f"{where}: unpadded (packed) sequences run through SDPA attention; this model "
             f"was loaded with {model.config._attn_implementation!r}"
+        )
+    ids = torch.tensor([[1, 2, 3, 4], [5, 6, 0, 0]])
+    mask = (ids > 0).long()
+    keep = mask.bool()
+    device = next(model.parameters()).device
+    training = model.training
+    model.eval()  # no dropout: the two forwards must agree to float rounding
+    try:
+        with torch.no_grad():
+            ids, mask = ids.to(device), mask.to(device)
+            want = model(input_ids=ids, attention_mask=mask).last_hidden_state[keep]
+            got = forward_packed(model, ids, mask)[keep]
+        error = float((got - want).abs().max()) / max(1.0, float(want.abs().max()))
+    except (ImportError, TypeError, RuntimeError) as err:
+        error, why = float("inf"), f"{type(err).__name__}: {err}"
+    else:
+        why = f"packed and padded states differ by {error:.2g} (relative)"
+    finally:
+        model.train(training)
+    if not error <= 1e-4:
+        import transformers
+
+        raise InputError(
+            f"{where}: this model's packed forward is not its padded one ({why}) under "
+            f"transformers {transformers.__version__}, whose attention layers must look "
+            "up their function in transformers.AttentionInterface (transformers 5 does). "
+            "Upgrade transformers or set unpadded: false"
         )
 
 
