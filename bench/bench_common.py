@@ -111,6 +111,16 @@ def repo_path(path) -> str:
     return os.path.relpath(path, ROOT)
 
 
+def record_args(args, leave_out: tuple[str, ...] = ()) -> dict:
+    """A benchmark's command-line arguments as its record keeps them: paths relative to
+    the repository (repo_path), the rest as given."""
+    return {
+        k: (repo_path(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if k not in leave_out
+    }
+
+
 def gemm_flop_per_s(
     precision: str, size: int, device: str = "cpu", reps: int = 4, tries: int = 3
 ) -> float:

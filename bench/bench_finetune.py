@@ -34,7 +34,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import emit_result, gemm_flop_per_s, minilm_path, peak_rss_mib, run_variant
+from bench_common import (
+    emit_result,
+    gemm_flop_per_s,
+    minilm_path,
+    peak_rss_mib,
+    record_args,
+    run_variant,
+)
 from bench_pretrain import (
     A100_PEAK,
     MFUS,
@@ -600,7 +607,7 @@ def main() -> None:
     md = report(results, est, args, wall, waited, data)
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {
-        "args": {k: str(v) for k, v in vars(args).items() if k not in ("variant", "data")},
+        "args": record_args(args, leave_out=("variant", "data")),
         "cpu": _cpu_name(),
         "wall_s": wall,
         "waited_for_idle_s": waited,

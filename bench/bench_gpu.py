@@ -537,10 +537,8 @@ def step_flops(batches, steps: list[int], dims: dict, unpadded: bool = False) ->
         real += sum(q) + sum(k)
         padded += wq[0] * wq[1] + wk[0] * wk[1]
         flops += moco_step_flops(q, k, **dims)
-        if not unpadded:
-            executed += moco_step_flops([wq[1]] * wq[0], [wk[1]] * wk[0], **dims)
-    if unpadded:
-        executed = flops
+        run = (q, k) if unpadded else ([wq[1]] * wq[0], [wk[1]] * wk[0])
+        executed += moco_step_flops(*run, **dims)
     n = len(steps)
     return {
         "real_tokens_per_step": real / n,

@@ -54,7 +54,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench_common import emit_result, minilm_path, peak_rss_mib, repo_path, run_variant
+from bench_common import emit_result, minilm_path, peak_rss_mib, record_args, run_variant
 from bench_pretrain import _cpu_name, bert_base_params, param_counts
 from bench_rerank import flops_per_pair
 
@@ -427,12 +427,7 @@ def main() -> None:
     }
     payload = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "args": {
-            # paths relative to the repository: the record names no machine's folders
-            k: (repo_path(v) if isinstance(v, Path) else v)
-            for k, v in vars(args).items()
-            if k not in ("worker", "languages", "out")
-        },  # fmt: skip
+        "args": record_args(args, leave_out=("worker", "languages", "out")),
         "machine": {
             "cpu": _cpu_name(),
             "python": platform.python_version(),

@@ -37,7 +37,15 @@ from typing import NamedTuple
 
 from bench_common import PAPER_PRETRAINING as PAPER
 from bench_common import cpu_name as _cpu_name
-from bench_common import emit_result, gemm_flop_per_s, minilm_path, peak_rss_mib, run_variant
+from bench_common import (
+    emit_result,
+    gemm_flop_per_s,
+    minilm_path,
+    peak_rss_mib,
+    record_args,
+    repo_path,
+    run_variant,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 WIKI = ROOT.parent / "shared" / "data" / "text" / "wikipedia-summaries" / "en.txt"
@@ -348,22 +356,22 @@ def estimate(results: list[dict]) -> dict:
         if r["model"] != "minilm":
             continue
         real = 8 * r["n_params_nonembed"] * r["real_tokens_per_step"] / 2
-        # unpadded encoders execute the real tokens only
-        executed = "real" if r.get("unpadded") else "padded"
-        padded = 8 * r["n_params_nonembed"] * r[f"{executed}_tokens_per_step"] / 2
+        # what the encoders computed on: unpadded ones, the real tokens only
+        tokens = r["real_tokens_per_step"] if r.get("unpadded") else r["padded_tokens_per_step"]
+        executed = 8 * r["n_params_nonembed"] * tokens / 2
+        paper_step = useful_step if r.get("unpadded") else executed_step
         checks.append(
             {
                 "variant": r["variant"],
                 "n_params_nonembed": r["n_params_nonembed"],
                 "measured_tokens_per_view": r["tok_per_s"] / r["seq_per_s"],
                 "real_flops_per_step": real,
-                "padded_flops_per_step": padded,
+                "padded_flops_per_step": executed,
                 "useful_flop_per_s": real / r["step_s"],
-                "executed_flop_per_s": padded / r["step_s"],
+                "executed_flop_per_s": executed / r["step_s"],
                 "gemm_flop_per_s": r["gemm_flop_per_s"],
-                "cpu_mfu": padded / r["step_s"] / r["gemm_flop_per_s"],
-                "paper_step_on_this_cpu_s": (useful_step if r.get("unpadded") else executed_step)
-                / (padded / r["step_s"]),
+                "cpu_mfu": executed / r["step_s"] / r["gemm_flop_per_s"],
+                "paper_step_on_this_cpu_s": paper_step / (executed / r["step_s"]),
             }
         )
     return {
@@ -589,7 +597,7 @@ def main() -> None:
             cmd += ["--work", str(work), "--steps", str(args.steps)]
             cmd += ["--warmup", str(args.warmup), "--threads", str(args.threads)]
             result = run_variant(variant, cmd)
-            result["data_source"] = data[result["model"]]["text"]
+            result["data_source"] = repo_path(data[result["model"]]["text"])
             print(
                 f"{variant}: {1000 * result['step_s']:.1f} ms/step, "
                 f"data {100 * result['data_s'] / result['step_s']:.1f}%, "
@@ -602,7 +610,7 @@ def main() -> None:
     md = report(results, est, args, wall, waited)
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {
-        "args": {k: str(v) for k, v in vars(args).items() if k not in ("variant", "data")},
+        "args": record_args(args, leave_out=("variant", "data")),
         "cpu": _cpu_name(),
         "wall_s": wall,
         "waited_for_idle_s": waited,

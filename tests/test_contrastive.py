@@ -21,24 +21,9 @@ from contriever_repro.training.contrastive import (
     info_nce,
 )
 from contriever_repro.training.optim import build_optimizer
+from tiny_models import tiny_bert
 
 WORLD = 2
-
-
-def tiny_bert(seed: int = 0, dropout: float = 0.0, pooler: bool = False):
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=100,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-    )
-    return BertModel(cfg, add_pooling_layer=pooler)
 
 
 class ToyHF(nn.Module):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+from transformers import AutoModel, AutoTokenizer
 
 from contriever_repro.errors import InputError
 from contriever_repro.models.packing import (
@@ -20,22 +20,7 @@ from contriever_repro.models.packing import (
 )
 from contriever_repro.training.augment import pad_batch
 from contriever_repro.training.contrastive import Encoder, InBatch, MoCo
-
-
-def small_bert(seed: int = 0) -> BertModel:
-    torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    return BertModel(cfg, add_pooling_layer=False)
-
+from tiny_models import tiny_bert
 
 SEQS = [[2, 7, 9, 3], [2, 5, 3], [2, 11, 12, 13, 14, 15, 3], [2, 3]]
 
@@ -60,7 +45,7 @@ def test_pack_keeps_each_token_at_its_column():
     [("right", "mean"), ("left", "mean"), ("right", "cls")],
 )
 def test_packed_encoder_gives_the_padded_embeddings_and_gradients(side, pooling):
-    padded, packed = small_bert(), small_bert()
+    padded, packed = tiny_bert(layers=2), tiny_bert(layers=2)
     ids, mask = pad_batch(SEQS, side=side, multiple=4)  # width 8: one all-padding column
     target = torch.randn(len(SEQS), 16)
     grads = {}
@@ -80,7 +65,7 @@ def test_packed_encoder_gives_the_padded_embeddings_and_gradients(side, pooling)
 
 def test_packed_run_computes_on_real_tokens_only():
     """The model's layers see one row of T tokens, not rows x width."""
-    model, seen = small_bert(), []
+    model, seen = tiny_bert(layers=2), []
     model.encoder.layer[0].intermediate.register_forward_hook(
         lambda module, args, out: seen.append(tuple(args[0].shape[:-1]))
     )
@@ -102,7 +87,7 @@ def test_objectives_with_packed_encoders_give_the_padded_loss():
         losses = []
         for unpadded in (False, True):
             torch.manual_seed(1)  # MoCo's random queue
-            objective = make(Encoder(small_bert(), unpadded=unpadded))
+            objective = make(Encoder(tiny_bert(layers=2), unpadded=unpadded))
             loss, _ = objective(q_ids, q_mask, k_ids, k_mask)
             losses.append(loss.item())
         assert losses[1] == pytest.approx(losses[0], rel=1e-5)
@@ -119,11 +104,11 @@ def test_unpackable_models_are_refused_naming_the_key():
     )  # fmt: skip
     with pytest.raises(InputError, match=r"pretraining\.x\.unpadded: .*'roberta'"):
         check_packable(roberta, "pretraining.x.unpadded")
-    eager = small_bert()
+    eager = tiny_bert(layers=2)
     eager.config._attn_implementation = "eager"
     with pytest.raises(InputError, match="loaded with 'eager'"):
         check_packable(eager, "finetuning.y.unpadded")
-    check_packable(small_bert(), "ok")
+    check_packable(tiny_bert(layers=2), "ok")
 
 
 def test_a_model_whose_attention_ignores_the_packing_is_refused(monkeypatch):
@@ -138,7 +123,7 @@ def test_a_model_whose_attention_ignores_the_packing_is_refused(monkeypatch):
         return sdpa_attention_forward(module, query, key, value, None, **kwargs)
 
     monkeypatch.setattr(packing, "packed_sdpa_attention", unmasked)
-    model = small_bert().train()
+    model = tiny_bert(layers=2).train()
     with pytest.raises(InputError, match=r"pretraining\.x\.unpadded: .*packed forward is not"):
         check_packable(model, "pretraining.x.unpadded")
     assert model.training and model.config._attn_implementation == "sdpa"
@@ -151,8 +136,8 @@ def test_the_packed_attention_refuses_calls_without_a_packing():
 
 
 def test_the_attention_switch_is_undone_when_the_forward_fails():
-    model = small_bert()
-    ids = torch.tensor([[2, 99, 3]])  # 99 is outside the 50-word vocabulary
+    model = tiny_bert(layers=2)
+    ids = torch.tensor([[2, 100, 3]])  # 100 is outside the 100-word vocabulary
     with pytest.raises(IndexError):
         forward_packed(model, ids, torch.ones_like(ids))
     assert model.config._attn_implementation == "sdpa"

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from ..models.packing import forward_packed
+from ..models.packing import check_packable, forward_packed
 from ..models.spec import POOLINGS, pool
 
 Stats = dict[str, torch.Tensor]
@@ -43,8 +43,8 @@ class Encoder(nn.Module):
     would get no gradient (DDP with find_unused_parameters=False fails on that) and its keys
     would not load into the `add_pooling_layer=False` model that evaluation builds.
 
-    `unpadded` runs the model on the batch's real tokens only (models/packing.py); the
-    caller checks the model first (packing.check_packable, naming its config key).
+    `unpadded` runs the model on the batch's real tokens only (models/packing.py), after
+    checking that the model allows it; a refusal names `unpadded_key`, the config key.
     """
 
     def __init__(
@@ -53,6 +53,7 @@ class Encoder(nn.Module):
         pooling: str = "mean",
         normalize: bool = False,
         unpadded: bool = False,
+        unpadded_key: str = "unpadded",
     ):
         super().__init__()
         if pooling not in POOLINGS:
@@ -63,6 +64,8 @@ class Encoder(nn.Module):
         self.pooling = pooling
         self.normalize = normalize
         self.unpadded = unpadded
+        if unpadded:
+            check_packable(model, unpadded_key)
 
     @property
     def dim(self) -> int:

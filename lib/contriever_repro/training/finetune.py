@@ -38,7 +38,6 @@ from ..errors import InputError
 from ..io import atomic_path, read_table
 from ..models.export import METADATA_FILE
 from ..models.fingerprint import check_mined_by
-from ..models.packing import check_packable
 from .asam import ASAM
 from .checkpoint import Checkpoints
 from .config import FinetuneConfig
@@ -272,10 +271,13 @@ def build_model(cfg: FinetuneConfig, init: str | Path) -> InBatch:
     for module in hf.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = cfg.dropout
-    if cfg.unpadded:
-        check_packable(hf, f"finetuning.{cfg.name}.unpadded")
     return InBatch(
-        Encoder(hf, pooling=cfg.pooling, unpadded=cfg.unpadded),
+        Encoder(
+            hf,
+            pooling=cfg.pooling,
+            unpadded=cfg.unpadded,
+            unpadded_key=f"finetuning.{cfg.name}.unpadded",
+        ),
         temperature=cfg.temperature,
         norm_query=cfg.norm_query,
         norm_doc=cfg.norm_doc,

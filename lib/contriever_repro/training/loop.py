@@ -39,7 +39,6 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..models.packing import check_packable
 from .augment import ViewMaker
 from .checkpoint import Checkpoints
 from .config import PretrainConfig
@@ -144,9 +143,12 @@ def build_batches(
 
 
 def build_objective(cfg: PretrainConfig, model: torch.nn.Module) -> torch.nn.Module:
-    if cfg.unpadded:
-        check_packable(model, f"pretraining.{cfg.name}.unpadded")
-    encoder = Encoder(model, pooling=cfg.pooling, unpadded=cfg.unpadded)
+    encoder = Encoder(
+        model,
+        pooling=cfg.pooling,
+        unpadded=cfg.unpadded,
+        unpadded_key=f"pretraining.{cfg.name}.unpadded",
+    )
     if cfg.objective == "moco":
         return MoCo(
             encoder,
