@@ -164,10 +164,14 @@ def test_torch_backend_needs_no_faiss():
     assert proc.stdout.strip() == "['c', 'b'] [2.5, 2.0]"
 
 
-def _search_script(args: list[str], no_faiss: bool = False) -> subprocess.CompletedProcess:
-    """scripts/search.py in a subprocess that sees no GPU (and, with no_faiss, no FAISS)."""
+def _search_script(
+    args: list[str], no_faiss: bool = False, no_torch: bool = False
+) -> subprocess.CompletedProcess:
+    """scripts/search.py in a subprocess that sees no GPU (and, with no_faiss or
+    no_torch, cannot import FAISS or torch)."""
     script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "search.py")
-    block = "sys.modules['faiss'] = None" if no_faiss else ""
+    blocked = ["faiss"] * no_faiss + ["torch"] * no_torch
+    block = "; ".join(f"sys.modules[{name!r}] = None" for name in blocked)
     code = f"""
         import runpy, sys
         {block}
@@ -189,13 +193,15 @@ def test_search_script_torch_backend_gives_the_faiss_run(tmp_path):
         shard_args += ["--shard", str(tmp_path / f"c.{s}")]
     save_embeddings(tmp_path / "q", qids, queries, embedding_meta(spec, "query"))
 
-    def search(backend, *extra, no_faiss=False):
+    def search(backend, *extra, **blocked):
         args = ["--queries", str(tmp_path / "q"), *shard_args, "--top-k", "20",
                 "--backend", backend, "--run", str(tmp_path / f"{backend}.parquet"),
                 "--trec", str(tmp_path / f"{backend}.trec"), *extra]  # fmt: skip
-        return _search_script(args, no_faiss=no_faiss)
+        return _search_script(args, **blocked)
 
-    for proc in (search("faiss"), search("torch", no_faiss=True)):
+    # A FAISS search job, thread count included, never starts torch (a second a job).
+    faiss_run = search("faiss", "--threads", "1", no_torch=True)
+    for proc in (faiss_run, search("torch", no_faiss=True)):
         assert proc.returncode == 0, proc.stderr
     want = pd.read_parquet(tmp_path / "faiss.parquet")
     got = pd.read_parquet(tmp_path / "torch.parquet")

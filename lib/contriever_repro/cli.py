@@ -37,12 +37,17 @@ def _fail(err: Exception, status: int) -> None:
 
 
 def set_threads(n: int | None) -> None:
-    """Respect the cores Snakemake gave the job (torch and FAISS default to all cores)."""
+    """Respect the cores Snakemake gave the job (torch and FAISS default to all cores).
+
+    torch is not imported for this: a search or BM25 job that never needs it would pay
+    about a second per job to start it. OMP_NUM_THREADS covers a torch (or other
+    OpenMP library) that the job loads later; one already loaded is set directly."""
     if not n:
         return
-    import torch
-
-    torch.set_num_threads(n)
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
     try:
         import faiss
 
