@@ -27,6 +27,7 @@ from contriever_repro.models.tiny_bert import build_tiny_bert
 from contriever_repro.training.config import FinetuneConfig
 from contriever_repro.training.engine import read_metrics
 from contriever_repro.training.finetune import finetune, load_training_data
+from tiny_models import record_packed_forwards
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,16 +150,19 @@ def test_adamw_fine_tuning_beats_the_initial_model_on_held_out_queries(world, tm
     _assert_learnt(world, tmp_path / "run", tmp_path / "out", cfg, summary)
 
 
-def test_unpadded_fine_tuning_is_the_padded_one_up_to_rounding(world, tmp_path):
+def test_unpadded_fine_tuning_is_the_padded_one_up_to_rounding(world, tmp_path, monkeypatch):
     """unpadded: queries and passages run as packed tokens (models/packing.py); without
     dropout, the loss curve is the padded one up to float rounding."""
-    curves = {}
+    packed = record_packed_forwards(monkeypatch)
+    curves, forwards = {}, {}
     for unpadded in (False, True):
         cfg = config(
             optimizer="adamw", steps=4, warmup_steps=1, log_every=1, dropout=0.0, unpadded=unpadded
         )
         finetune(cfg, world["model"], data_of(world, cfg), tmp_path / f"run-{unpadded}")
         curves[unpadded] = _losses(tmp_path / f"run-{unpadded}")
+        forwards[unpadded], packed[:] = len(packed), []
+    assert forwards == {False: 0, True: 2 * 4}  # queries and passages, each step
     assert len(curves[True]) == 4
     assert curves[True] == pytest.approx(curves[False], rel=1e-4)
 

@@ -108,6 +108,11 @@ def test_unpackable_models_are_refused_naming_the_key():
     eager.config._attn_implementation = "eager"
     with pytest.raises(InputError, match="loaded with 'eager'"):
         check_packable(eager, "finetuning.y.unpadded")
+    checkpointed = tiny_bert(layers=2)
+    enable = getattr(checkpointed, "activation_checkpointing_enable", None)
+    (enable or checkpointed.gradient_checkpointing_enable)()  # recomputes unpacked
+    with pytest.raises(InputError, match=r"finetuning\.y\.unpadded: .*gradient checkpointing"):
+        check_packable(checkpointed, "finetuning.y.unpadded")
     check_packable(tiny_bert(layers=2), "ok")
 
 

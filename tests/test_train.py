@@ -33,6 +33,7 @@ from contriever_repro.training.loop import (
 )
 from contriever_repro.training.runfolder import NotRetried, RunFolderBusy
 from contriever_repro.training.shards import tokenize_text_file
+from tiny_models import record_packed_forwards
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "pretrain.py"
@@ -109,14 +110,18 @@ def ndcg(model_dir: Path, beir_root: Path, dataset: str) -> float:
 @pytest.mark.parametrize(
     ("objective", "unpadded"), [("moco", False), ("inbatch", False), ("moco", True)]
 )
-def test_pretraining_beats_random_init_on_demo_world(world, tmp_path, objective, unpadded):
+def test_pretraining_beats_random_init_on_demo_world(
+    world, tmp_path, monkeypatch, objective, unpadded
+):
     torch.set_num_threads(2)
+    packed = record_packed_forwards(monkeypatch)
     out = tmp_path / "model"
     # In-batch negatives need a softer temperature than MoCo to learn in 150 steps here.
     temperature = 0.5 if objective == "inbatch" else 0.1
     cfg = config(objective=objective, steps=150, temperature=temperature, unpadded=unpadded)
     summary = pretrain(cfg, world["model"], {"demo": world["shards"]}, tmp_path / "run", out)
     assert summary["step"] == 150
+    assert len(packed) == (2 * 150 if unpadded else 0)  # query and key encoder, each step
 
     curve = read_metrics(tmp_path / "run")
     assert [r["step"] for r in curve] == list(range(10, 151, 10))
@@ -294,23 +299,28 @@ def test_padding_to_a_multiple_changes_the_loss_curve_only_by_rounding(world, tm
     assert "pad_multiple" not in config().training_dict()  # a run may resume with another
 
 
-def test_unpadded_encoders_change_the_loss_curve_only_by_rounding(world, tmp_path):
+def test_unpadded_encoders_change_the_loss_curve_only_by_rounding(world, tmp_path, monkeypatch):
     """unpadded: the encoders compute on the views' real tokens only (models/packing.py);
     without dropout the run is the padded one up to rounding, and it exports the same
     parameters."""
     torch.set_num_threads(2)
     model = _without_dropout(world["model"], tmp_path / "no-dropout")
-    curves = {}
+    packed = record_packed_forwards(monkeypatch)
+    curves, forwards = {}, {}
     for unpadded in (False, True):
         cfg = config(steps=6, warmup_steps=2, batch_size_per_device=16, log_every=1,
                      unpadded=unpadded)  # fmt: skip
         run, out = tmp_path / f"run-{unpadded}", tmp_path / f"model-{unpadded}"
         pretrain(cfg, model, {"demo": world["shards"]}, run, out)
         curves[unpadded] = [r["loss"] for r in read_metrics(run)]
+        forwards[unpadded], packed[:] = len(packed), []
+    assert forwards == {False: 0, True: 2 * 6}  # query and key encoder, each step
     assert len(curves[True]) == 6
     assert curves[True] == pytest.approx(curves[False], rel=1e-4)
     exported = {u: load_file(tmp_path / f"model-{u}" / "model.safetensors") for u in curves}
     assert exported[True].keys() == exported[False].keys()
+    for name, weights in exported[False].items():
+        torch.testing.assert_close(exported[True][name], weights, rtol=1e-4, atol=1e-4)
     assert "unpadded" not in config().training_dict()  # a run may resume with another
     with pytest.raises(InputError, match=r"demo\.unpadded: packs a new number of tokens"):
         config(unpadded=True, compile="inductor")

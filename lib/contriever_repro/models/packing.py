@@ -10,8 +10,10 @@ SDPA's kernels on every device take padded batches; its cost is small at these w
 
 The outputs equal the padded forward's up to float rounding, gradients included
 (tests/test_packing.py). Dropout draws differ, since its masks are drawn per shape.
-Packing reads the token count from the mask: on a GPU that is one host sync per
-forward, which costs where a step is bound by kernel launches rather than FLOPs
+Packing reads the token count from the mask, one host sync per forward on a GPU. The
+padded forward makes one too (transformers asks whether the mask has any padding before
+building its SDPA mask), and packing skips it, so the cost is the extra index kernels,
+which matter where a step is bound by kernel launches rather than FLOPs
 (bench/bench_gpu.py measures both).
 """
 
@@ -54,6 +56,16 @@ def check_packable(model: nn.Module, where: str) -> None:
             f"{where}: unpadded (packed) sequences need a model that numbers positions by "
             f"column, one of {list(PACKABLE_MODEL_TYPES)}; this model is {model_type!r}. "
             "Set unpadded: false"
+        )
+    checkpointing = getattr(model, "is_activation_checkpointing", None)
+    if checkpointing is None:  # transformers before 5.x
+        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    if checkpointing:
+        # The recomputation runs after the packed call has switched attention back to
+        # plain SDPA, which would attend across the packed sequences.
+        raise InputError(
+            f"{where}: unpadded (packed) sequences cannot be combined with gradient "
+            "checkpointing. Set unpadded: false"
         )
     if getattr(model.config, "_attn_implementation", None) != "sdpa":
         raise InputError(
