@@ -105,6 +105,13 @@ def cpu_name() -> str:
     return f"{names[0] if names else platform.processor() or 'CPU'} x {os.cpu_count()} cores"
 
 
+def utc_now() -> str:
+    """When a benchmark ran, as its record states it."""
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def repo_path(path) -> str:
     """`path` as a benchmark record shows it: relative to the repository (shared data
     becomes ../shared/...), so the record names no machine's folders."""

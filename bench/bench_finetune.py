@@ -41,6 +41,7 @@ from bench_common import (
     peak_rss_mib,
     record_args,
     run_variant,
+    utc_now,
 )
 from bench_pretrain import (
     A100_PEAK,
@@ -387,10 +388,14 @@ def _pct(r: dict, part: str) -> str:
     return f"{1000 * r[f'{part}_s']:.0f} ({100 * r[f'{part}_s'] / r['step_s']:.0f}%)"
 
 
-def report(results: list[dict], est: dict, args, wall: float, waited: float, data: dict) -> str:
+def report(
+    results: list[dict], est: dict, args, wall: float, waited: float, data: dict, date: str
+) -> str:
     by = {r["variant"]: r for r in results}
     lines = [
         f"# Fine-tuning and mining throughput ({_cpu_name()}, {args.threads} torch threads)",
+        "",
+        f"{date}.",
         "",
         "Command: `" + " ".join(["python", "bench/bench_finetune.py", *sys.argv[1:]]) + "`",
         "",
@@ -604,9 +609,11 @@ def main() -> None:
             results.append(result)
     est = estimate(results)
     wall = time.perf_counter() - start
-    md = report(results, est, args, wall, waited, data)
+    date = utc_now()
+    md = report(results, est, args, wall, waited, data, date)
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {
+        "date": date,
         "args": record_args(args, leave_out=("variant", "data")),
         "cpu": _cpu_name(),
         "wall_s": wall,

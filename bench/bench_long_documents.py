@@ -7,19 +7,30 @@ Both go through `encode.encode_texts`, each in a fresh process, so each peak (ma
 is its own. Tokens kept are truncated to 512 either way, so a bounded encoder needs
 about the same memory for both; one that tokenises whole megabytes does not.
 
-    python bench/bench_long_documents.py [--docs 20] [--mb 1] [--threads 2]
+    python bench/bench_long_documents.py --out bench/out [--docs 20] [--mb 1] [--threads 2]
+
+Output: bench_long_documents.json and bench_long_documents.md under --out.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
 from pathlib import Path
 
-from bench_common import emit_result, minilm_path, peak_rss_mib, run_variant
+from bench_common import (
+    cpu_name,
+    emit_result,
+    minilm_path,
+    peak_rss_mib,
+    record_args,
+    run_variant,
+    utc_now,
+)
 
 VARIANTS = {
     "long": "documents of --mb MB each",
@@ -78,11 +89,13 @@ def main() -> None:
     ap.add_argument("--mb", type=float, default=1.0)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path("bench/out"))
     ap.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.variant:
         worker(args)
         return
+    load_before = os.getloadavg()[0]
     results = {}
     for variant in VARIANTS:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--variant", variant]
@@ -91,11 +104,44 @@ def main() -> None:
         results[variant] = run_variant(variant, cmd)
         print(variant, json.dumps(results[variant]), flush=True)
     same = abs(results["long"]["embedding_sum"] - results["cut"]["embedding_sum"]) < 1e-3
-    print(
-        f"peak RSS: {results['long']['peak_rss_mib']:.0f} MiB for {args.docs} x {args.mb} MB, "
-        f"{results['cut']['peak_rss_mib']:.0f} MiB for the same cut to 8 KiB; "
-        f"same embeddings: {same}"
-    )
+    payload = {
+        "date": utc_now(),
+        "cpu": cpu_name(),
+        "load_average_1min": [load_before, os.getloadavg()[0]],
+        "args": record_args(args, leave_out=("variant",)),
+        "results": results,
+        "same_embeddings": same,
+    }
+    md = report(payload)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_long_documents.json").write_text(json.dumps(payload, indent=2))
+    (args.out / "bench_long_documents.md").write_text(md)
+    print(md)
+
+
+def report(payload: dict) -> str:
+    """The record as Markdown: one row per variant."""
+    args, results = payload["args"], payload["results"]
+    load = ", ".join(f"{x:.1f}" for x in payload["load_average_1min"])
+    lines = [
+        "# Dense encoding of long documents: peak memory",
+        "",
+        f"{payload['date']}; CPU: {payload['cpu']}, {args['threads']} threads; "
+        f"all-MiniLM-L6-v2, max_length 512, batch {args['batch_size']}; "
+        f"{args['docs']} documents of {args['mb']} MB. Load average (1 min) at the start "
+        f"and end: {load}. Each variant in its own process.",
+        "",
+        "| variant | texts | characters | peak RSS MiB | RSS before encoding MiB | encoding s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {VARIANTS[name]} | {r['chars']:,} | {r['peak_rss_mib']:.0f} | "
+            f"{r['peak_rss_before_encoding_mib']:.0f} | {r['seconds']:.1f} |"
+        )
+    verdict = "the same" if payload["same_embeddings"] else "DIFFERENT"
+    lines += ["", f"Embeddings of the long and the cut documents: {verdict} (sum within 1e-3)."]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -51,10 +51,9 @@ import platform
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from bench_common import emit_result, minilm_path, peak_rss_mib, record_args, run_variant
+from bench_common import emit_result, minilm_path, peak_rss_mib, record_args, run_variant, utc_now
 from bench_pretrain import _cpu_name, bert_base_params, param_counts
 from bench_rerank import flops_per_pair
 
@@ -426,7 +425,7 @@ def main() -> None:
         "bert_base": {"layers": 12, **bert_base_params()},
     }
     payload = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "args": record_args(args, leave_out=("worker", "languages", "out")),
         "machine": {
             "cpu": _cpu_name(),

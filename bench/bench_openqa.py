@@ -48,7 +48,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import emit_result, minilm_path, peak_rss_mib, run_variant
+from bench_common import emit_result, minilm_path, peak_rss_mib, run_variant, utc_now
 from bench_pretrain import _cpu_name, bert_base_params, param_counts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -361,7 +361,8 @@ def report(payload: dict) -> str:
     lines = [
         "# Open-domain QA search: exact vs approximate index",
         "",
-        f"CPU: {payload['machine']['cpu']}, {payload['args']['threads']} threads; "
+        f"{payload['date']}; CPU: {payload['machine']['cpu']}, {payload['args']['threads']} "
+        "threads; "
         f"faiss {payload['machine']['faiss']}; {payload['args']['queries']} queries, top "
         f"{TOP_K}; synthetic 768-d embeddings (see the script's docstring).",
         "",
@@ -485,6 +486,7 @@ def main() -> None:
     import torch
 
     payload = {
+        "date": utc_now(),
         "args": {k: v for k, v in vars(args).items() if k not in ("phase", "work", "size", "out")},
         "machine": {
             "cpu": _cpu_name(),

@@ -45,6 +45,7 @@ from bench_common import (
     record_args,
     repo_path,
     run_variant,
+    utc_now,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -393,11 +394,11 @@ def _pct(r: dict, part: str) -> str:
     return f"{1000 * r[f'{part}_s']:.0f} ({100 * r[f'{part}_s'] / r['step_s']:.0f}%)"
 
 
-def report(results: list[dict], est: dict, args, wall: float, waited: float) -> str:
+def report(results: list[dict], est: dict, args, wall: float, waited: float, date: str) -> str:
     lines = [
         f"# Pre-training throughput (MoCo, {_cpu_name()}, {args.threads} torch threads)",
         "",
-        f"{args.steps} measured steps after {args.warmup} excluded warm-up steps; "
+        f"{date}. {args.steps} measured steps after {args.warmup} excluded warm-up steps; "
         f"{BATCH} pairs per step, chunks of {CHUNK}, crop 5-50% + delete 10%; queue "
         f"{QUEUE['tiny']} (tiny) / {QUEUE['minilm']} (MiniLM). seq/s counts both views "
         "of a pair (as the training loop does); tok/s counts non-padding tokens. Step: mean "
@@ -607,9 +608,11 @@ def main() -> None:
             results.append(result)
     est = estimate(results)
     wall = time.perf_counter() - start
-    md = report(results, est, args, wall, waited)
+    date = utc_now()
+    md = report(results, est, args, wall, waited, date)
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {
+        "date": date,
         "args": record_args(args, leave_out=("variant", "data")),
         "cpu": _cpu_name(),
         "wall_s": wall,

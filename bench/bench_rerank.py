@@ -41,10 +41,9 @@ import random
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from bench_common import emit_result, minilm_path, peak_rss_mib, run_variant
+from bench_common import emit_result, minilm_path, peak_rss_mib, run_variant, utc_now
 from bench_pretrain import _cpu_name, param_counts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -328,7 +327,7 @@ def main() -> None:
 
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     payload = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_now(),
         "args": {
             k: v
             for k, v in vars(args).items()

@@ -93,7 +93,8 @@ class TrainingRun:
     max_restarts: int = 20
     # CPU only: flush subnormal floats to zero (loop.flush_denormals). fp32 backward
     # through MoCo's softmax at τ = 0.05 makes subnormals, which x86 cores compute on a
-    # slow path: backward 6.7x, a whole MiniLM step 2.7x slower (bench/bench_pretrain.py).
+    # slow path: backward 6.7x, a whole MiniLM step 2.7x slower on a Xeon; on an EPYC
+    # no slower beyond noise (bench/bench_pretrain.py, docs/speed.md).
     # GPUs flush anyway; values under 1.2e-38 cannot change a trained encoder.
     flush_denormal: bool = True
     # Batches are padded to a multiple of this many tokens (training.augment.pad_batch):
