@@ -48,7 +48,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import emit_result, minilm_path, peak_rss_mib, run_variant, utc_now
+from bench_common import emit_result, minilm_path, peak_rss_mib, record_args, run_variant, utc_now
 from bench_pretrain import _cpu_name, bert_base_params, param_counts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -487,7 +487,7 @@ def main() -> None:
 
     payload = {
         "date": utc_now(),
-        "args": {k: v for k, v in vars(args).items() if k not in ("phase", "work", "size", "out")},
+        "args": record_args(args, leave_out=("phase", "work", "size", "out")),
         "machine": {
             "cpu": _cpu_name(),
             "python": platform.python_version(),

@@ -178,7 +178,8 @@ def _merge(records: list[dict], first_step: int) -> dict:
 
 def _padding(cfg, init: str, shards: str, first: int, n: int) -> dict:
     """Real vs padded tokens of the measured batches, rebuilt exactly (batch b is a pure
-    function of the seed), since the encoders compute on the padded width."""
+    function of the seed): padded encoders compute on the padded width, unpadded ones
+    on the real tokens."""
     from contriever_repro.training.loop import (
         build_batches,
         build_sampler,

@@ -111,7 +111,7 @@ class TrainingRun:
     compile_mode: str | None = None
     # Run the encoders on the batch's real tokens only (models/packing.py): pre-training's
     # crops leave ~45% of a padded batch padding. Float rounding and dropout draws change,
-    # nothing else; a run may resume with another value. BERT-type models, eager only.
+    # nothing else; a run may resume with another value. BERT-type models, not with compile.
     unpadded: bool = False
     # bookkeeping
     log_every: int = 100
