@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,13 +11,13 @@ import pytest
 from workflow_utils import ROOT
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def job_times():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        yield importlib.import_module("job_times")
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    """The script as a module, loaded from its file (it imports nothing from bench/)."""
+    spec = importlib.util.spec_from_file_location("job_times", ROOT / "bench" / "job_times.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _record(folder: Path, name: str, rule: str, job_hash: int, start: float, end: float, **kw):
