@@ -4,6 +4,8 @@ Snakemake keeps one record per output file under `<workdir>/.snakemake/metadata`
 job hash, start and end time). Each job is counted once, however many outputs it wrote.
 The demo keeps both cores busy, so its wall time is about its job-seconds / 2: this
 table says which jobs to cut when it grows (docs/testing.md, "Where the test time goes").
+Give it a folder that ran once from scratch: the records of outputs an earlier run left
+there, and the last one did not redo, are counted too and stretch the wall time.
 
     python bench/job_times.py WORKDIR [--top 15]
 """
@@ -33,12 +35,12 @@ def read_jobs(workdir: Path) -> list[Job]:
     for path in sorted(folder.iterdir()):
         try:
             record = json.loads(path.read_text())
+            if record.get("incomplete"):  # interrupted: no end time to count
+                continue
             key = (record["rule"], record["job_hash"], record["endtime"])
             job = Job(record["rule"], float(record["starttime"]), float(record["endtime"]))
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise SystemExit(f"{path}: not a Snakemake metadata record ({err})") from None
-        if record.get("incomplete"):
-            continue
         if key not in jobs or job.start < jobs[key].start:
             jobs[key] = job
     return list(jobs.values())

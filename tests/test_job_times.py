@@ -20,7 +20,7 @@ def job_times():
     return module
 
 
-def _record(folder: Path, name: str, rule: str, job_hash: int, start: float, end: float, **kw):
+def _record(folder: Path, name: str, rule: str, job_hash: int, start: float, end, **kw):
     record = {"rule": rule, "job_hash": job_hash, "starttime": start, "endtime": end} | kw
     (folder / name).write_text(json.dumps(record))
 
@@ -33,7 +33,7 @@ def test_each_job_counts_once_with_its_earliest_start(tmp_path, job_times):
         _record(meta, name, "encode", 7, 100.0 + i * 1e-4, 106.0)
     _record(meta, "c.npy", "encode", 8, 103.0, 107.0)  # overlaps the first: 2 at once
     _record(meta, "run", "search", 9, 107.0, 108.0)
-    _record(meta, "half", "search", 10, 108.0, 109.0, incomplete=True)  # interrupted
+    _record(meta, "half", "search", 10, 108.0, None, incomplete=True)  # interrupted
     summary = job_times.summarise(job_times.read_jobs(tmp_path))
     assert summary["jobs"] == 3
     assert summary["wall_s"] == pytest.approx(8.0)
