@@ -361,10 +361,10 @@ def report(payload: dict) -> str:
     lines = [
         "# Open-domain QA search: exact vs approximate index",
         "",
-        f"{payload['date']}; CPU: {payload['machine']['cpu']}, {payload['args']['threads']} "
-        "threads; "
-        f"faiss {payload['machine']['faiss']}; {payload['args']['queries']} queries, top "
-        f"{TOP_K}; synthetic 768-d embeddings (see the script's docstring).",
+        f"{payload['date']}; CPU: {payload['machine']['cpu']}, "
+        f"{payload['args']['threads']} threads; faiss {payload['machine']['faiss']}; "
+        f"{payload['args']['queries']} queries, top {TOP_K}; synthetic 768-d embeddings "
+        "(see the script's docstring).",
         "",
         "| passages | method | build s | index MB | bytes/passage | queries/s | "
         "R@20 vs exact | R@100 vs exact | source hit@20 | source hit@100 | peak RSS MiB |",
